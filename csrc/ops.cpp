@@ -1,0 +1,277 @@
+// rescale_ext: schema of the fused rescale + periodic patch gather op, its argument checks and the
+// CPU kernel. The CUDA kernel is registered from csrc/cuda/ when the extension is built with CUDA.
+#include <Python.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Half.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "rescale_coords.h"
+#include "rescale_gather.h"
+
+extern "C" {
+// Loads the library (and so its TORCH_LIBRARY registrations) on `import rescale_ext._C`; no pybind11.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace rescale_ext {
+
+namespace {
+
+void check_metadata(const at::Tensor& t, const char* name, int64_t dim, int64_t cols) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "rescale_gather: ", name, " must be int64, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim && (cols < 0 || t.size(-1) == cols), "rescale_gather: ", name,
+                    " must have shape ", (dim == 1 ? "[B]" : (cols == 3 ? "[N, 3]" : "[B, 2]")),
+                    ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "rescale_gather: ", name, " must be contiguous");
+}
+
+}  // namespace
+
+at::ScalarType check_arguments(const at::Tensor& pixels, const at::Tensor& offsets,
+                               const at::Tensor& sizes, const at::Tensor& ratios,
+                               const at::Tensor& corners, int64_t patch,
+                               std::optional<at::ScalarType> dtype) {
+  TORCH_CHECK_TYPE(pixels.scalar_type() == at::kByte, "rescale_gather: pixels must be uint8, got ",
+                   pixels.scalar_type());
+  TORCH_CHECK_VALUE(pixels.dim() == 1, "rescale_gather: pixels must be 1-D (packed HWC windows), got ",
+                    pixels.dim(), " dimensions");
+  TORCH_CHECK_VALUE(pixels.is_contiguous(), "rescale_gather: pixels must be contiguous");
+  check_metadata(offsets, "offsets", 1, -1);
+  check_metadata(sizes, "sizes", 2, 2);
+  check_metadata(ratios, "ratios", 2, 2);
+  check_metadata(corners, "corners", 2, 3);
+  const int64_t b = offsets.size(0);
+  TORCH_CHECK_VALUE(sizes.size(0) == b, "rescale_gather: sizes has ", sizes.size(0),
+                    " rows but offsets has ", b, " windows");
+  TORCH_CHECK_VALUE(ratios.size(0) == b, "rescale_gather: ratios has ", ratios.size(0),
+                    " rows but offsets has ", b, " windows");
+  const auto meta_device = offsets.device();
+  for (const at::Tensor* t : {&sizes, &ratios, &corners}) {
+    TORCH_CHECK(t->device() == meta_device,
+                "rescale_gather: offsets, sizes, ratios and corners must be on one device, got ",
+                meta_device, " and ", t->device());
+  }
+  TORCH_CHECK(meta_device.is_cpu() || meta_device == pixels.device(),
+              "rescale_gather: offsets/sizes/ratios/corners must be on the CPU or on the device of "
+              "pixels (", pixels.device(), "), got ", meta_device);
+  TORCH_CHECK_VALUE(patch > 0, "rescale_gather: patch must be positive, got ", patch);
+  const at::ScalarType out = dtype.value_or(at::kFloat);
+  TORCH_CHECK_TYPE(out == at::kFloat || out == at::kHalf || out == at::kBFloat16,
+                   "rescale_gather: dtype must be float32, float16 or bfloat16, got ", out);
+  return out;
+}
+
+Normalization make_normalization(std::optional<c10::ArrayRef<double>> mean,
+                                 std::optional<c10::ArrayRef<double>> std) {
+  Normalization norm;
+  if (mean.has_value()) {
+    TORCH_CHECK_VALUE(mean->size() == 3, "rescale_gather: mean must have 3 values, got ",
+                      mean->size());
+    for (int c = 0; c < 3; ++c) {
+      TORCH_CHECK_VALUE(std::isfinite((*mean)[c]), "rescale_gather: mean[", c,
+                        "] must be finite, got ", (*mean)[c]);
+      norm.mean[c] = static_cast<float>((*mean)[c]);
+    }
+  }
+  if (std.has_value()) {
+    TORCH_CHECK_VALUE(std->size() == 3, "rescale_gather: std must have 3 values, got ", std->size());
+    for (int c = 0; c < 3; ++c) {
+      const double s = (*std)[c];
+      TORCH_CHECK_VALUE(std::isfinite(s) && s != 0.0, "rescale_gather: std[", c,
+                        "] must be finite and non-zero, got ", s);
+      norm.inv_std[c] = static_cast<float>(1.0 / s);
+    }
+  }
+  return norm;
+}
+
+at::Tensor build_descriptors(int64_t pixels_numel, const at::Tensor& offsets, const at::Tensor& sizes,
+                             const at::Tensor& ratios, const at::Tensor& corners, int64_t patch,
+                             bool pinned) {
+  TORCH_INTERNAL_ASSERT(offsets.is_cpu());
+  const int64_t nwin = offsets.size(0);
+  const int64_t n = corners.size(0);
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  const int64_t* sz = sizes.data_ptr<int64_t>();
+  const int64_t* rt = ratios.data_ptr<int64_t>();
+  const int64_t* cr = corners.data_ptr<int64_t>();
+  constexpr int64_t kMaxSide = int64_t(1) << 30;
+
+  // Per window: reduced ratio and destination size, all checked before any pixel is read.
+  std::vector<int64_t> win(nwin * 4);  // p, q, dst H, dst W
+  for (int64_t b = 0; b < nwin; ++b) {
+    const int64_t h = sz[2 * b], w = sz[2 * b + 1];
+    int64_t p = rt[2 * b], q = rt[2 * b + 1];
+    TORCH_CHECK_VALUE(h > 0 && w > 0 && h < kMaxSide && w < kMaxSide, "rescale_gather: sizes[", b,
+                      "] = (", h, ", ", w, ") must be positive (and below 2^30)");
+    TORCH_CHECK_VALUE(p > 0 && q > 0, "rescale_gather: ratios[", b, "] = (", p, ", ", q,
+                      "): p and q must be positive");
+    const int64_t g = std::gcd(p, q);
+    p /= g;
+    q /= g;
+    TORCH_CHECK_VALUE(q <= kMaxQ && p <= kMaxP, "rescale_gather: ratios[", b, "] = ", p, "/", q,
+                      " (reduced): q must be <= ", kMaxQ, " and p <= ", kMaxP);
+    TORCH_CHECK_VALUE(h * w <= (int64_t(1) << 31) / 3, "rescale_gather: sizes[", b, "] = (", h, ", ",
+                      w, "): window too large (more than 2^31 bytes)");
+    const int64_t o = off[b];
+    TORCH_CHECK_VALUE(o >= 0 && o <= pixels_numel && h * w * 3 <= pixels_numel - o,
+                      "rescale_gather: window ", b, " (offsets[", b, "] = ", o, ", size ", h, "x", w,
+                      "x3) runs past the end of pixels (", pixels_numel, " bytes)");
+    const int64_t hd = dst_length(h, p, q), wd = dst_length(w, p, q);
+    // Coordinate numerators (2 * dst + 1) * p must fit int32 for the CUDA kernel.
+    TORCH_CHECK_VALUE((2 * std::max(hd, wd) + 1) * p < (int64_t(1) << 31), "rescale_gather: window ",
+                      b, " of size ", h, "x", w, " at ratio ", p, "/", q, " is too large");
+    win[4 * b] = p;
+    win[4 * b + 1] = q;
+    win[4 * b + 2] = hd;
+    win[4 * b + 3] = wd;
+  }
+
+  at::Tensor desc = at::empty({n, kDescFields}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
+  int64_t* d = desc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = cr[3 * i], y0 = cr[3 * i + 1], x0 = cr[3 * i + 2];
+    TORCH_CHECK_VALUE(b >= 0 && b < nwin, "rescale_gather: corners[", i, "] names window ", b,
+                      ", but there are ", nwin, " windows");
+    const int64_t hd = win[4 * b + 2], wd = win[4 * b + 3];
+    TORCH_CHECK_VALUE(y0 >= 0 && x0 >= 0 && y0 <= hd - patch && x0 <= wd - patch,
+                      "rescale_gather: corners[", i, "] = (", b, ", ", y0, ", ", x0, "): a ", patch,
+                      "x", patch, " patch does not fit in the ", hd, "x", wd,
+                      " destination image of window ", b, " (", sz[2 * b], "x", sz[2 * b + 1],
+                      " at ratio ", win[4 * b], "/", win[4 * b + 1], ")");
+    int64_t* row = d + i * kDescFields;
+    row[kOffset] = off[b];
+    row[kHeight] = sz[2 * b];
+    row[kWidth] = sz[2 * b + 1];
+    row[kP] = win[4 * b];
+    row[kQ] = win[4 * b + 1];
+    row[kY0] = y0;
+    row[kX0] = x0;
+    row[7] = 0;
+  }
+  return desc;
+}
+
+at::Tensor make_output(int64_t n, int64_t patch, at::ScalarType dtype, bool channels_last,
+                       const at::TensorOptions& options) {
+  return at::empty({n, 3, patch, patch}, options.dtype(dtype),
+                   channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
+namespace {
+
+template <typename out_t>
+void gather_cpu(const uint8_t* pixels, const int64_t* desc, int64_t n, int64_t patch,
+                const Normalization& norm, bool quantize, bool channels_last, out_t* out) {
+  const int64_t plane = patch * patch;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (patch * 3));
+  at::parallel_for(0, n * patch, grain, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> col0(patch), col1(patch);  // byte offsets of the two taps of each column
+    std::vector<int32_t> wcol(patch);
+    int64_t current = -1;
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t i = idx / patch, y = idx - i * patch;
+      const int64_t* d = desc + i * kDescFields;
+      const int64_t h = d[kHeight], w = d[kWidth], p = d[kP], q = d[kQ];
+      if (i != current) {
+        for (int64_t x = 0; x < patch; ++x) {
+          const Tap<int64_t> t = source_tap<int64_t>(d[kX0] + x, p, q, w);
+          col0[x] = 3 * t.i0;
+          col1[x] = 3 * t.i1;
+          wcol[x] = t.w1;
+        }
+        current = i;
+      }
+      const Tap<int64_t> ty = source_tap<int64_t>(d[kY0] + y, p, q, h);
+      const uint8_t* r0 = pixels + d[kOffset] + ty.i0 * w * 3;
+      const uint8_t* r1 = pixels + d[kOffset] + ty.i1 * w * 3;
+      const int32_t two_q = static_cast<int32_t>(2 * q);
+      const int32_t den = two_q * two_q;
+      const float inv_den = 1.0f / static_cast<float>(den);
+      out_t* o = channels_last ? out + (i * plane + y * patch) * 3 : out + i * 3 * plane + y * patch;
+      for (int64_t x = 0; x < patch; ++x) {
+        const uint8_t* a = r0 + col0[x];
+        const uint8_t* b = r0 + col1[x];
+        const uint8_t* c = r1 + col0[x];
+        const uint8_t* e = r1 + col1[x];
+        for (int ch = 0; ch < 3; ++ch) {
+          const int32_t num = blend(a[ch], b[ch], c[ch], e[ch], wcol[x], ty.w1, two_q);
+          float v = static_cast<float>(num) * inv_den;
+          if (quantize) v = static_cast<float>(round_ratio(num, den, v));
+          v = (v - norm.mean[ch]) * norm.inv_std[ch];
+          if (channels_last) {
+            o[3 * x + ch] = static_cast<out_t>(v);
+          } else {
+            o[ch * plane + x] = static_cast<out_t>(v);
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor rescale_gather_cpu(const at::Tensor& pixels, const at::Tensor& offsets,
+                              const at::Tensor& sizes, const at::Tensor& ratios,
+                              const at::Tensor& corners, int64_t patch,
+                              std::optional<c10::ArrayRef<double>> mean, std::optional<c10::ArrayRef<double>> std,
+                              bool quantize, std::optional<at::ScalarType> dtype, bool channels_last) {
+  const at::ScalarType out_dtype =
+      check_arguments(pixels, offsets, sizes, ratios, corners, patch, dtype);
+  TORCH_CHECK(pixels.is_cpu(), "rescale_gather (CPU kernel): pixels must be on the CPU, got ",
+              pixels.device());
+  const Normalization norm = make_normalization(mean, std);
+  const at::Tensor desc =
+      build_descriptors(pixels.numel(), offsets, sizes, ratios, corners, patch, /*pinned=*/false);
+  const int64_t n = corners.size(0);
+  at::Tensor out = make_output(n, patch, out_dtype, channels_last, pixels.options());
+  if (n == 0) return out;
+  const uint8_t* src = pixels.data_ptr<uint8_t>();
+  const int64_t* d = desc.data_ptr<int64_t>();
+  switch (out_dtype) {
+    case at::kFloat:
+      gather_cpu<float>(src, d, n, patch, norm, quantize, channels_last, out.data_ptr<float>());
+      break;
+    case at::kHalf:
+      gather_cpu<c10::Half>(src, d, n, patch, norm, quantize, channels_last,
+                            out.data_ptr<c10::Half>());
+      break;
+    default:
+      gather_cpu<c10::BFloat16>(src, d, n, patch, norm, quantize, channels_last,
+                                out.data_ptr<c10::BFloat16>());
+  }
+  return out;
+}
+
+bool built_with_cuda() {
+#ifdef RESCALE_EXT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rescale_ext, m) {
+  m.def(
+      "rescale_gather(Tensor pixels, Tensor offsets, Tensor sizes, Tensor ratios, Tensor corners, "
+      "int patch, float[]? mean=None, float[]? std=None, bool quantize=False, "
+      "ScalarType? dtype=None, bool channels_last=False) -> Tensor");
+  m.def("built_with_cuda() -> bool", &built_with_cuda);
+}
+
+TORCH_LIBRARY_IMPL(rescale_ext, CPU, m) { m.impl("rescale_gather", &rescale_gather_cpu); }
+
+}  // namespace rescale_ext
