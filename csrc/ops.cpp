@@ -172,54 +172,172 @@ at::Tensor make_output(int64_t n, int64_t patch, at::ScalarType dtype, bool chan
 
 namespace {
 
-template <typename out_t>
+// Rows of one patch handled by one task: the horizontally blended source rows are cached across
+// them (consecutive destination rows share source rows).
+constexpr int64_t kRowBlock = 32;
+
+// Horizontal pass of one source row into three planes: h[c * patch + x] =
+// (2q - wx) * row[col0[x] + c] + wx * row[col1[x] + c], the exact value times 2q.
+// `x_begin` lets the vectorised version hand its tail to this one.
+inline void blend_row_scalar(const uint8_t* row, const int32_t* col0, const int32_t* col1,
+                             const int32_t* wcol, int32_t two_q, int64_t x_begin, int64_t patch,
+                             int32_t* h) {
+  for (int64_t x = x_begin; x < patch; ++x) {
+    const uint8_t* a = row + col0[x];
+    const uint8_t* b = row + col1[x];
+    const int32_t w1 = wcol[x], w0 = two_q - w1;
+    h[x] = w0 * a[0] + w1 * b[0];
+    h[patch + x] = w0 * a[1] + w1 * b[1];
+    h[2 * patch + x] = w0 * a[2] + w1 * b[2];
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define RESCALE_EXT_AVX2 1
+// AVX2: eight destination pixels at a time; each tap is one 4-byte gather (3 channels + 1 spare
+// byte). A gather is only issued while the spare byte still lies inside the window (`safe` bytes
+// from `row`), so nothing is ever read past the window; the rest goes to the scalar loop.
+__attribute__((target("avx2"))) void blend_row_avx2(const uint8_t* row, int64_t safe,
+                                                    const int32_t* col0, const int32_t* col1,
+                                                    const int32_t* wcol, int32_t two_q,
+                                                    int64_t patch, int32_t* h) {
+  const __m256i mask = _mm256_set1_epi32(0xFF);
+  const __m256i twoq = _mm256_set1_epi32(two_q);
+  int64_t x = 0;
+  for (; x + 8 <= patch && col1[x + 7] + 4 <= safe; x += 8) {
+    const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col0 + x));
+    const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col1 + x));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wcol + x));
+    const __m256i w0 = _mm256_sub_epi32(twoq, w1);
+    const __m256i va = _mm256_i32gather_epi32(reinterpret_cast<const int*>(row), i0, 1);
+    const __m256i vb = _mm256_i32gather_epi32(reinterpret_cast<const int*>(row), i1, 1);
+    for (int c = 0; c < 3; ++c) {
+      const __m256i a = _mm256_and_si256(_mm256_srli_epi32(va, 8 * c), mask);
+      const __m256i b = _mm256_and_si256(_mm256_srli_epi32(vb, 8 * c), mask);
+      const __m256i r = _mm256_add_epi32(_mm256_mullo_epi32(w0, a), _mm256_mullo_epi32(w1, b));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + c * patch + x), r);
+    }
+  }
+  blend_row_scalar(row, col0, col1, wcol, two_q, x, patch, h);
+}
+#endif
+
+struct RowBlender {
+  bool avx2 = false;
+  RowBlender() {
+#ifdef RESCALE_EXT_AVX2
+    avx2 = __builtin_cpu_supports("avx2");
+#endif
+  }
+  void operator()(const uint8_t* row, int64_t safe, const int32_t* col0, const int32_t* col1,
+                  const int32_t* wcol, int32_t two_q, int64_t patch, int32_t* h) const {
+#ifdef RESCALE_EXT_AVX2
+    if (avx2) return blend_row_avx2(row, safe, col0, col1, wcol, two_q, patch, h);
+#endif
+    blend_row_scalar(row, col0, col1, wcol, two_q, 0, patch, h);
+  }
+};
+
+// Vertical pass of one channel plane: exact value times 4q^2 -> (rounded) -> normalised float.
+template <bool kQuantize>
+inline void vertical_pass(const int32_t* h0, const int32_t* h1, int32_t wy1, int32_t two_q,
+                          float scale, float bias, int64_t len, float* dst) {
+  const int32_t wy0 = two_q - wy1;
+  const int32_t den = two_q * two_q;
+  const float inv_den = 1.0f / static_cast<float>(den);
+  if constexpr (kQuantize) {
+    for (int64_t k = 0; k < len; ++k) {
+      const int32_t num = wy0 * h0[k] + wy1 * h1[k];
+      dst[k] = static_cast<float>(round_ratio(num, den, static_cast<float>(num) * inv_den)) * scale +
+               bias;
+    }
+  } else {
+    const float fw0 = static_cast<float>(wy0) * inv_den * scale;
+    const float fw1 = static_cast<float>(wy1) * inv_den * scale;
+    for (int64_t k = 0; k < len; ++k) {  // vectorises: h values are exact in float (< 2^24)
+      dst[k] = fw0 * static_cast<float>(h0[k]) + fw1 * static_cast<float>(h1[k]) + bias;
+    }
+  }
+}
+
+template <typename out_t, bool kQuantize>
 void gather_cpu(const uint8_t* pixels, const int64_t* desc, int64_t n, int64_t patch,
-                const Normalization& norm, bool quantize, bool channels_last, out_t* out) {
+                const Normalization& norm, bool channels_last, out_t* out) {
   const int64_t plane = patch * patch;
-  const int64_t grain = std::max<int64_t>(1, 16384 / (patch * 3));
-  at::parallel_for(0, n * patch, grain, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> col0(patch), col1(patch);  // byte offsets of the two taps of each column
-    std::vector<int32_t> wcol(patch);
-    int64_t current = -1;
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t i = idx / patch, y = idx - i * patch;
+  const int64_t blocks = (patch + kRowBlock - 1) / kRowBlock;
+  const int64_t len = 3 * patch;
+  const RowBlender blend_row;
+  float scale[3], bias[3];
+  for (int c = 0; c < 3; ++c) {
+    scale[c] = norm.inv_std[c];
+    bias[c] = -norm.mean[c] * norm.inv_std[c];
+  }
+  at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> col0(patch), col1(patch), wcol(patch);
+    std::vector<int32_t> hbuf(2 * len);
+    std::vector<float> tmp(len);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t i = unit / blocks;
+      const int64_t y_begin = (unit - i * blocks) * kRowBlock;
+      const int64_t y_end = std::min(patch, y_begin + kRowBlock);
       const int64_t* d = desc + i * kDescFields;
       const int64_t h = d[kHeight], w = d[kWidth], p = d[kP], q = d[kQ];
-      if (i != current) {
-        for (int64_t x = 0; x < patch; ++x) {
-          const Tap<int64_t> t = source_tap<int64_t>(d[kX0] + x, p, q, w);
-          col0[x] = 3 * t.i0;
-          col1[x] = 3 * t.i1;
-          wcol[x] = t.w1;
-        }
-        current = i;
-      }
-      const Tap<int64_t> ty = source_tap<int64_t>(d[kY0] + y, p, q, h);
-      const uint8_t* r0 = pixels + d[kOffset] + ty.i0 * w * 3;
-      const uint8_t* r1 = pixels + d[kOffset] + ty.i1 * w * 3;
       const int32_t two_q = static_cast<int32_t>(2 * q);
-      const int32_t den = two_q * two_q;
-      const float inv_den = 1.0f / static_cast<float>(den);
-      out_t* o = channels_last ? out + (i * plane + y * patch) * 3 : out + i * 3 * plane + y * patch;
       for (int64_t x = 0; x < patch; ++x) {
-        const uint8_t* a = r0 + col0[x];
-        const uint8_t* b = r0 + col1[x];
-        const uint8_t* c = r1 + col0[x];
-        const uint8_t* e = r1 + col1[x];
-        for (int ch = 0; ch < 3; ++ch) {
-          const int32_t num = blend(a[ch], b[ch], c[ch], e[ch], wcol[x], ty.w1, two_q);
-          float v = static_cast<float>(num) * inv_den;
-          if (quantize) v = static_cast<float>(round_ratio(num, den, v));
-          v = (v - norm.mean[ch]) * norm.inv_std[ch];
-          if (channels_last) {
-            o[3 * x + ch] = static_cast<out_t>(v);
-          } else {
-            o[ch * plane + x] = static_cast<out_t>(v);
+        const Tap<int64_t> t = source_tap<int64_t>(d[kX0] + x, p, q, w);
+        col0[x] = static_cast<int32_t>(3 * t.i0);
+        col1[x] = static_cast<int32_t>(3 * t.i1);
+        wcol[x] = t.w1;
+      }
+      const uint8_t* src = pixels + d[kOffset];
+      int64_t cached[2] = {-1, -1};  // source row held by each half of hbuf
+      for (int64_t y = y_begin; y < y_end; ++y) {
+        const Tap<int64_t> ty = source_tap<int64_t>(d[kY0] + y, p, q, h);
+        // Keep the slot that already holds a needed row; refill the other one.
+        const int32_t* rows[2];
+        const int64_t want[2] = {ty.i0, ty.i1};
+        for (int r = 0; r < 2; ++r) {
+          int slot = cached[0] == want[r] ? 0 : (cached[1] == want[r] ? 1 : -1);
+          if (slot < 0) {
+            slot = (cached[0] == want[1 - r]) ? 1 : 0;
+            blend_row(src + want[r] * w * 3, (h - want[r]) * w * 3, col0.data(), col1.data(),
+                      wcol.data(), two_q, patch, hbuf.data() + slot * len);
+            cached[slot] = want[r];
+          }
+          rows[r] = hbuf.data() + slot * len;
+        }
+        for (int c = 0; c < 3; ++c) {
+          vertical_pass<kQuantize>(rows[0] + c * patch, rows[1] + c * patch, ty.w1, two_q, scale[c],
+                                   bias[c], patch, tmp.data() + c * patch);
+        }
+        if (channels_last) {
+          out_t* o = out + (i * plane + y * patch) * 3;
+          for (int64_t x = 0; x < patch; ++x) {
+            o[3 * x] = static_cast<out_t>(tmp[x]);
+            o[3 * x + 1] = static_cast<out_t>(tmp[patch + x]);
+            o[3 * x + 2] = static_cast<out_t>(tmp[2 * patch + x]);
+          }
+        } else {
+          for (int c = 0; c < 3; ++c) {
+            out_t* o = out + (i * 3 + c) * plane + y * patch;
+            const float* t = tmp.data() + c * patch;
+            for (int64_t x = 0; x < patch; ++x) o[x] = static_cast<out_t>(t[x]);
           }
         }
       }
     }
   });
+}
+
+template <typename out_t>
+void gather_cpu_dispatch(const uint8_t* pixels, const int64_t* desc, int64_t n, int64_t patch,
+                         const Normalization& norm, bool quantize, bool channels_last, out_t* out) {
+  if (quantize) {
+    gather_cpu<out_t, true>(pixels, desc, n, patch, norm, channels_last, out);
+  } else {
+    gather_cpu<out_t, false>(pixels, desc, n, patch, norm, channels_last, out);
+  }
 }
 
 at::Tensor rescale_gather_cpu(const at::Tensor& pixels, const at::Tensor& offsets,
@@ -241,14 +359,14 @@ at::Tensor rescale_gather_cpu(const at::Tensor& pixels, const at::Tensor& offset
   const int64_t* d = desc.data_ptr<int64_t>();
   switch (out_dtype) {
     case at::kFloat:
-      gather_cpu<float>(src, d, n, patch, norm, quantize, channels_last, out.data_ptr<float>());
+      gather_cpu_dispatch<float>(src, d, n, patch, norm, quantize, channels_last, out.data_ptr<float>());
       break;
     case at::kHalf:
-      gather_cpu<c10::Half>(src, d, n, patch, norm, quantize, channels_last,
+      gather_cpu_dispatch<c10::Half>(src, d, n, patch, norm, quantize, channels_last,
                             out.data_ptr<c10::Half>());
       break;
     default:
-      gather_cpu<c10::BFloat16>(src, d, n, patch, norm, quantize, channels_last,
+      gather_cpu_dispatch<c10::BFloat16>(src, d, n, patch, norm, quantize, channels_last,
                                 out.data_ptr<c10::BFloat16>());
   }
   return out;

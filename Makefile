@@ -1,0 +1,38 @@
+# `make test` and `make demo` do all the set-up on a fresh machine: a venv in .venv, the pinned
+# packages, and the build of rescale_ext._C (C++ always; CUDA when torch has CUDA and nvcc is found).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export CUDA_HOME ?= /usr/local/cuda
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+export MAX_JOBS ?= 2
+EXT := rescale_ext/_C.abi3.so
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cu)
+
+.PHONY: setup build test demo bench clean
+
+setup: $(VENV)/.installed
+build: $(EXT)
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	touch $@
+
+$(EXT): $(VENV)/.installed $(SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	test -f $(EXT)
+	touch $(EXT)
+
+test: build
+	$(PY) -m pytest -q tests
+
+demo: build
+	$(PY) -m fitgap.demo
+
+bench: build
+	$(PY) benchmarks/bench_rescale.py
+
+clean:
+	rm -rf build *.egg-info rescale_ext/_C*.so

@@ -1,0 +1,169 @@
+"""rescale_gather vs whole-window rescaling + slicing (torch float, torch uint8, OpenCV).
+
+Two settings on ImageNet-like windows (about 500x375) with ratios of the pre-training set:
+  dense:  32 windows, 4 patches of 128 each (the patches cover most of each rescaled window)
+  sparse: 32 windows, 2 patches of 64 each
+Every path produces the same float32 NCHW patches on the 0..255 scale. On a GPU the op is also
+compared with the unfused torch path on the GPU, and its achieved bytes/s with the bytes it must
+move, as a fraction of the card's device-to-device copy bandwidth measured in the same run.
+Targets: CPU dense >= 1.0x the fastest whole-window path, sparse >= 5x; GPU within 1.25x of the
+bytes floor and >= 20x faster than the unfused GPU path.
+
+    python benchmarks/bench_rescale.py [--device cpu|cuda|all] [--repeat 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, time_interleaved, time_it  # noqa: E402
+
+from rescale_ext import dst_length, pack_windows, rescale_gather  # noqa: E402
+
+RATIOS = sorted({Fraction(p, q) for q in range(2, 9) for p in range(q + 1, 2 * q)})  # (1, 2), q <= 8
+
+
+def make_setting(n_windows, patches_per_window, patch, seed=0):
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    windows, ratios, corners = [], [], []
+    for b in range(n_windows):
+        h, w = rng.randint(333, 400), rng.randint(450, 520)
+        r = rng.choice(RATIOS)
+        p, q = r.numerator, r.denominator
+        hd, wd = dst_length(h, p, q), dst_length(w, p, q)
+        windows.append(torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g))
+        ratios.append((p, q))
+        grid = [(0, 0), (hd - patch, wd - patch), (0, wd - patch), (hd - patch, 0)]
+        for k in range(patches_per_window):
+            y, x = grid[k] if patches_per_window == 4 else (rng.randint(0, hd - patch),
+                                                            rng.randint(0, wd - patch))
+            corners.append((b, y, x))
+    pixels, offsets, sizes = pack_windows(windows)
+    return dict(windows=windows, pixels=pixels, offsets=offsets, sizes=sizes,
+                ratios=torch.tensor(ratios), corners=torch.tensor(corners), patch=patch)
+
+
+def op_path(s, pixels):
+    return rescale_gather(pixels, s["offsets"], s["sizes"], s["ratios"], s["corners"], s["patch"])
+
+
+def torch_path(s, windows, as_float):
+    """Whole-window F.interpolate (float or uint8 input) + slicing."""
+    patch = s["patch"]
+    per_window = {}
+    out = []
+    for b, y, x in s["corners"].tolist():
+        if b not in per_window:
+            p, q = s["ratios"][b].tolist()
+            win = windows[b].permute(2, 0, 1).unsqueeze(0)
+            if as_float:
+                win = win.float()
+            else:
+                win = win.contiguous(memory_format=torch.channels_last)
+            per_window[b] = F.interpolate(win, scale_factor=q / p, mode="bilinear",
+                                          align_corners=False, recompute_scale_factor=False)[0]
+        out.append(per_window[b][:, y:y + patch, x:x + patch])
+    return torch.stack(out).float()
+
+
+def cv2_path(s, cv2):
+    patch = s["patch"]
+    per_window = {}
+    out = np.empty((s["corners"].shape[0], 3, patch, patch), dtype=np.float32)
+    for i, (b, y, x) in enumerate(s["corners"].tolist()):
+        if b not in per_window:
+            p, q = s["ratios"][b].tolist()
+            per_window[b] = cv2.resize(s["np_windows"][b], None, fx=q / p, fy=q / p,
+                                       interpolation=cv2.INTER_LINEAR)
+        out[i] = per_window[b][y:y + patch, x:x + patch].transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def bench_cpu(repeat):
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    rows, verdicts = [], []
+    for name, (nwin, per, patch), target in (("dense", (32, 4, 128), 1.0),
+                                              ("sparse", (32, 2, 64), 5.0)):
+        s = make_setting(nwin, per, patch)
+        s["np_windows"] = [w.numpy() for w in s["windows"]]
+        n = s["corners"].shape[0]
+        paths = {"rescale_gather (op)": lambda: op_path(s, s["pixels"]),
+                 "torch float whole-window": lambda: torch_path(s, s["windows"], True),
+                 "torch uint8 whole-window": lambda: torch_path(s, s["windows"], False)}
+        if cv2 is not None:
+            paths["cv2 whole-window"] = lambda: cv2_path(s, cv2)
+        rate = {k: n / t for k, t in time_interleaved(paths, "cpu", repeat).items()}
+        op = rate["rescale_gather (op)"]
+        fastest = max(v for k, v in rate.items() if k != "rescale_gather (op)")
+        for k, v in rate.items():
+            rows.append((name, k, f"{v:,.0f}", f"{op / v:.2f}x"))
+        verdicts.append((name, "CPU", f"{op / fastest:.2f}x fastest whole-window", f">= {target}x",
+                         "met" if op / fastest >= target else "NOT met"))
+    print_table(["setting", "path", "patches/s", "op speed-up"], rows,
+                f"CPU ({torch.get_num_threads()} threads), float32 NCHW patches")
+    return verdicts
+
+
+def bench_cuda(repeat):
+    dev = "cuda"
+    rows, verdicts = [], []
+    big = torch.empty(512 * 1024 * 1024, dtype=torch.uint8, device=dev)
+    t = time_it(lambda: big.clone(), dev, repeat)
+    copy_bw = 2 * big.numel() / t  # read + write
+    del big
+    for name, (nwin, per, patch) in (("dense", (256, 4, 128)), ("sparse", (256, 2, 64))):
+        s = make_setting(nwin, per, patch)
+        pixels = s["pixels"].to(dev)
+        windows = [w.to(dev) for w in s["windows"]]
+        n = s["corners"].shape[0]
+        t_op = time_it(lambda: op_path(s, pixels), dev, max(repeat, 20), warmup=3)
+        t_torch = time_it(lambda: torch_path(s, windows, True), dev, repeat)
+        src_bytes = 0
+        for (b, y, x) in s["corners"].tolist():
+            p, q = s["ratios"][b].tolist()
+            side = int(np.ceil(patch * p / q)) + 1
+            src_bytes += side * side * 3
+        moved = src_bytes + n * 3 * patch * patch * 4
+        frac = (moved / t_op) / copy_bw
+        rows.append((name, f"{n / t_op:,.0f}", f"{n / t_torch:,.0f}", f"{t_torch / t_op:.1f}x",
+                     f"{moved / t_op / 1e9:,.0f} GB/s", f"{frac:.2f}"))
+        verdicts.append((name, "GPU", f"{t_torch / t_op:.1f}x unfused", ">= 20x",
+                         "met" if t_torch / t_op >= 20 else "NOT met"))
+        verdicts.append((name, "GPU", f"{1 / frac:.2f}x of the bytes floor", "<= 1.25x",
+                         "met" if 1 / frac <= 1.25 else "NOT met"))
+    print_table(["setting", "op patches/s", "unfused patches/s", "op speed-up", "op bytes/s",
+                 "fraction of copy bandwidth"], rows,
+                f"{torch.cuda.get_device_name()} (copy bandwidth {copy_bw / 1e9:,.0f} GB/s)")
+    return verdicts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    verdicts = []
+    if args.device in ("cpu", "all"):
+        verdicts += bench_cpu(args.repeat)
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            verdicts += bench_cuda(args.repeat)
+        else:
+            print("no CUDA device: GPU rows skipped\n")
+    print_table(["setting", "where", "measured", "target", "verdict"], verdicts, "Targets")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Timing and table helpers shared by the benchmarks."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_it(fn: Callable[[], object], device: str = "cpu", repeat: int = 5, warmup: int = 1) -> float:
+    """Median seconds per call of fn()."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], device: str = "cpu", repeat: int = 7,
+                     warmup: int = 2) -> Dict[str, float]:
+    """Median seconds per call of each fn, timed round-robin so that a transient slow spell of the
+    machine hits every path alike instead of one."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def print_table(headers: Sequence[str], rows: List[Sequence[object]], title: str = "") -> str:
+    """Print and return a Markdown table."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+    text = "\n".join(lines)
+    print(text + "\n", flush=True)
+    return text
