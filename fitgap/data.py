@@ -1,0 +1,215 @@
+"""Image files -> RGB uint8 arrays -> planned windows packed into one buffer.
+
+Decoding converts grey, grey+alpha, palette, RGBA, CMYK and 16-bit images to RGB uint8 (EXIF
+orientation applied: a lossless transpose). Unreadable, truncated, empty or too-small images are
+skipped and counted, never a crash and never a silent drop; PIL's decompression-bomb guard stays on.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from rescale_ext import pack_windows
+
+from .plan import PlanSpec, make_plan
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageError(Exception):
+    """An image that cannot be used; str() is the reason."""
+
+
+def list_images(source: str) -> List[str]:
+    """All image files under a folder (recursive, sorted), or the paths listed in a text file (one a
+    line, relative paths resolved against the file's folder; '#' comments)."""
+    if os.path.isdir(source):
+        out = []
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+            dirnames.sort()
+            out += [os.path.join(dirpath, f) for f in sorted(filenames)
+                    if f.lower().endswith(IMAGE_EXTENSIONS)]
+        return out
+    if os.path.isfile(source):
+        base = os.path.dirname(os.path.abspath(source))
+        with open(source) as f:
+            lines = [ln.strip() for ln in f]
+        return [ln if os.path.isabs(ln) else os.path.join(base, ln)
+                for ln in lines if ln and not ln.startswith("#")]
+    raise FileNotFoundError(f"image source {source!r} is neither a folder nor a file list")
+
+
+def to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> [H, W, 3] uint8 RGB."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img)
+        if a.dtype != np.uint8:
+            a = a.astype(np.int64)
+            top = 65535 if mode.startswith("I;16") or a.max() > 255 else 255
+            a = np.clip(a * 255 // top if top != 255 else a, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).round().astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
+    if mode != "RGB":
+        img = img.convert("RGB")  # L, LA, P, PA, RGBA (alpha dropped), CMYK, YCbCr, 1
+    a = np.asarray(img)
+    if a.dtype != np.uint8:  # e.g. 48-bit RGB read by some plugins
+        a = (a.astype(np.float64) / np.iinfo(a.dtype).max * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def decode_rgb(path: str) -> np.ndarray:
+    """Decode an image file to [H, W, 3] uint8; raises ImageError with the reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError("empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb_uint8(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"too large (decompression-bomb guard): {exc}") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        raise ImageError(f"unreadable: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class Slot:
+    """One image slot of a planned batch: what the loader must cut."""
+    window: int  # side of the square source window
+    seed: int  # window placement
+
+
+class WindowDataset(Dataset):
+    """Item (index, Slot) -> (window uint8 [S, S, 3], skipped [(path, reason)]).
+
+    An image that cannot give the window (unreadable, too small) is replaced by the next candidates
+    in a fixed order, and reported as skipped."""
+
+    def __init__(self, paths: Sequence[str], max_tries: int = 16):
+        if not paths:
+            raise ValueError("no images found")
+        self.paths = list(paths)
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: Tuple[int, Slot]):
+        index, slot = item
+        skipped = []
+        n = len(self.paths)
+        for k in range(min(self.max_tries, n)):
+            path = self.paths[(index + k * 7919) % n]
+            try:
+                img = decode_rgb(path)
+            except ImageError as exc:
+                skipped.append((path, str(exc)))
+                continue
+            h, w = img.shape[:2]
+            s = slot.window
+            if h < s or w < s:
+                skipped.append((path, f"too small: {w}x{h} < {s}x{s} window"))
+                continue
+            rng = np.random.default_rng(slot.seed)
+            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            return np.ascontiguousarray(img[y:y + s, x:x + s]), skipped
+        raise RuntimeError(f"no usable image among {min(self.max_tries, n)} candidates starting at "
+                           f"{self.paths[index]!r}: {skipped[-3:]}")
+
+
+class PlanBatchSampler(Sampler):
+    """Per rank: the DistributedSampler's shuffled indices, in chunks of spec.images, each with its
+    batch plan. Deterministic in (seed, epoch, step, rank), so a resumed run sees the same batches.
+
+    steps_per_epoch None: one pass over this rank's share; an int: cycle through it as needed
+    (small datasets)."""
+
+    def __init__(self, n_images: int, spec: PlanSpec, rank: int, world_size: int, seed: int,
+                 steps_per_epoch: Optional[int] = None):
+        self.spec = spec
+        self.rank, self.seed = rank, seed
+        self.sampler = DistributedSampler(range(n_images), num_replicas=world_size, rank=rank,
+                                          shuffle=True, seed=seed, drop_last=False)
+        per_rank = len(self.sampler)
+        if steps_per_epoch is None:
+            steps_per_epoch = per_rank // spec.images
+            if steps_per_epoch == 0:
+                raise ValueError(f"{n_images} images give no full batch of {spec.images} images per "
+                                 f"rank x {world_size} ranks; set train.steps_per_epoch to cycle")
+        self.steps = steps_per_epoch
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch = epoch
+        self.start_step = start_step
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __iter__(self) -> Iterator[List[Tuple[int, Slot]]]:
+        order = list(self.sampler)
+        need = self.steps * self.spec.images
+        reps = math.ceil(need / len(order))
+        stream = []
+        for r in range(reps):
+            g = np.random.default_rng([self.seed, self.epoch, r, 7])
+            stream += order if r == 0 else [order[i] for i in g.permutation(len(order))]
+        for step in range(self.start_step, self.steps):
+            rng = np.random.default_rng([self.seed, self.epoch, step, self.rank])
+            plan = make_plan(self.spec, rng)
+            chunk = stream[step * self.spec.images:(step + 1) * self.spec.images]
+            yield [(idx, Slot(int(plan.windows[i]), int(plan.seeds[i])), plan if i == 0 else None)
+                   for i, idx in enumerate(chunk)]
+
+
+class PlannedWindows(Dataset):
+    """Adapter: the batch sampler's (index, Slot, plan) items -> dataset items + the plan."""
+
+    def __init__(self, base: WindowDataset):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, item):
+        index, slot, plan = item
+        window, skipped = self.base[(index, slot)]
+        return window, skipped, plan
+
+
+def collate_planned(items) -> Dict[str, object]:
+    """Pack the windows of one planned batch into one uint8 buffer with its metadata."""
+    windows = [w for w, _, _ in items]
+    plan = items[0][2]
+    skipped = [s for _, sk, _ in items for s in sk]
+    pixels, offsets, sizes = pack_windows(windows)
+    return {"pixels": pixels, "offsets": offsets, "sizes": sizes,
+            "ratios": torch.from_numpy(plan.ratios), "corners": torch.from_numpy(plan.corners),
+            "labels": torch.from_numpy(plan.labels), "ratio_index": torch.from_numpy(plan.ratio_index),
+            "skipped": skipped}
+
+
+def summarize_skipped(skipped: Sequence[Tuple[str, str]]) -> Dict[str, object]:
+    reasons = Counter(r.split(":")[0] for _, r in skipped)
+    files = sorted({p for p, _ in skipped})
+    return {"count": len(skipped), "files": len(files), "reasons": dict(reasons),
+            "examples": [f"{os.path.basename(p)}: {r}" for p, r in skipped[:5]]}

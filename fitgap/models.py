@@ -1,0 +1,114 @@
+"""timm encoders with a projection head (pre-training) or a binary head (detection)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class HighPass(nn.Module):
+    """A fixed 3x3 Laplacian per channel (optional input filter, off in the paper config): it
+    removes the image content that the rescaling trace rides on, which speeds up learning at small
+    scale."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]) / 4.0
+        self.register_buffer("weight", k.expand(3, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight.to(x.dtype), padding=1, groups=3)
+
+
+def _first_conv(model: nn.Module) -> Optional[nn.Conv2d]:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    return None
+
+
+def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = None,
+                  stem_stride: Optional[int] = None, highpass: bool = False,
+                  stem_pool: bool = True) -> nn.Module:
+    """timm backbone with num_classes=0 (pooled features); `.num_features` is set on the result.
+
+    pretrained=True is refused (nothing is downloaded at run time): give a local `weights` file.
+    stem_stride overrides the stride of the first convolution; stem_pool=False removes the stem's
+    max-pool (ResNet family): a 3x3 max over a period-3 pattern is flat, so the pool erases the
+    periodic rescaling pattern that the first layers could otherwise see."""
+    if pretrained:
+        raise ValueError("model.pretrained: weights are never downloaded; set model.weights to a "
+                         "local state_dict file instead")
+    try:
+        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:
+        raise ValueError(f"model.backbone: unknown timm model {name!r} ({exc})") from None
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"model.weights: {weights!r} does not exist")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        result = backbone.load_state_dict(state, strict=False)
+        unexpected = [k for k in result.unexpected_keys if not k.startswith(("fc.", "head", "classifier"))]
+        if result.missing_keys or unexpected:
+            raise ValueError(f"model.weights: {weights} does not match {name}: missing "
+                             f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
+    if stem_stride is not None:
+        conv = _first_conv(backbone)
+        if conv is None:
+            raise ValueError(f"model.stem_stride: {name} has no Conv2d")
+        conv.stride = (stem_stride, stem_stride)
+    if not stem_pool:
+        if not isinstance(getattr(backbone, "maxpool", None), nn.MaxPool2d):
+            raise ValueError(f"model.stem_pool: {name} has no stem max-pool to remove")
+        backbone.maxpool = nn.Identity()
+    return Encoder(backbone, highpass)
+
+
+class Encoder(nn.Module):
+    """Optional fixed input filter + timm backbone -> pooled features [N, num_features]."""
+
+    def __init__(self, backbone: nn.Module, highpass: bool = False):
+        super().__init__()
+        self.prefilter = HighPass() if highpass else nn.Identity()
+        self.backbone = backbone
+        self.num_features = backbone.num_features
+
+    def forward(self, x):
+        return self.backbone(self.prefilter(x))
+
+
+def encoder_from_config(model_cfg) -> nn.Module:
+    return build_encoder(model_cfg["backbone"], model_cfg.get("pretrained", False),
+                         model_cfg.get("weights"), model_cfg.get("stem_stride"),
+                         model_cfg.get("highpass", False), model_cfg.get("stem_pool", True))
+
+
+class ContrastiveModel(nn.Module):
+    """encoder -> MLP projection -> L2 normalisation."""
+
+    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128):
+        super().__init__()
+        self.encoder = encoder
+        f = encoder.num_features
+        self.head = nn.Sequential(nn.Linear(f, proj_hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(proj_hidden, proj_dim))
+
+    def forward(self, x):
+        return F.normalize(self.head(self.encoder(x)).float(), dim=1)
+
+
+class Detector(nn.Module):
+    """encoder -> Linear(features, 1): the logit of P(fake)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(encoder.num_features, 1)
+
+    def forward(self, x):
+        return self.classifier(self.encoder(x)).squeeze(1)

@@ -1,0 +1,51 @@
+"""The real photographs that ship inside scikit-image and scikit-learn, split by photo."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Dict, List
+
+# Split by photo: the held-out photos never reach pre-training or fine-tuning.
+TRAIN = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg",
+         "hubble_deep_field.jpg", "ihc.png", "grass.png", "china.jpg", "camera.png", "cell.png",
+         "coins.png", "moon.png"]
+HELDOUT = ["motorcycle_right.png", "retina.jpg", "brick.png", "gravel.png", "flower.jpg", "color.png"]
+
+
+def _folders() -> List[str]:
+    out = []
+    try:
+        import skimage
+
+        out.append(os.path.join(os.path.dirname(skimage.__file__), "data"))
+    except ImportError:
+        pass
+    try:
+        import sklearn
+
+        out.append(os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images"))
+    except ImportError:
+        pass
+    return out
+
+
+def photo_path(name: str) -> str:
+    for folder in _folders():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"photo {name!r} not found in scikit-image / scikit-learn ({_folders()})")
+
+
+def export_photos(dest: str) -> Dict[str, str]:
+    """Copy the photos (bytes unchanged) to dest/train and dest/heldout; returns the two folders."""
+    out = {}
+    for split, names in (("train", TRAIN), ("heldout", HELDOUT)):
+        folder = os.path.join(dest, split)
+        os.makedirs(folder, exist_ok=True)
+        for name in names:
+            target = os.path.join(folder, name)
+            if not os.path.exists(target):
+                shutil.copyfile(photo_path(name), target)
+        out[split] = folder
+    return out

@@ -1,0 +1,295 @@
+"""Rescaling-contrastive pre-training on real images (the logic behind train_contrastive.py)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any, Dict
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import rescale_ext
+
+from . import checkpoint as ckpt
+from . import config as C
+from . import distributed as D
+from .data import PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned, list_images, summarize_skipped
+from .losses import supcon_loss
+from .models import ContrastiveModel, encoder_from_config
+from .plan import PlanSpec, max_window
+from .ratios import format_ratio, ratios_from_config
+from .runlog import JsonlLog, cosine_schedule
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+DEFAULTS: Dict[str, Any] = {
+    "name": "pretrain",
+    "out_dir": "runs",
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda
+    "data": {"train": "", "workers": 4, "min_side": 300, "max_tries": 16},
+    "ratios": {"list": None, "range": None, "max_denominator": 8},
+    "plan": {"patch": 128, "images_per_ratio": 2, "phases_per_image": 2, "patches_per_phase": 2,
+             "grid": 2, "quantize": True},
+    "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "model": {"backbone": "legacy_xception", "pretrained": False, "weights": None,
+              "stem_stride": None, "stem_pool": True, "highpass": False, "proj_hidden": 2048, "proj_dim": 128},
+    "loss": {"temperature": 0.1, "gather": True},
+    "optim": {"lr": 2e-4, "betas": [0.9, 0.999], "weight_decay": 2e-4, "warmup_steps": 500,
+              "min_lr": 0.0, "grad_clip": 0.0},
+    "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
+              "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
+              "ckpt_every": 1000, "keep_every": 0, "log_every": 10},
+    "probe": {"images": None, "patches": 8, "window": 384, "split_seed": 0},
+}
+
+
+def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
+    """Check the config for this world size and return the plan spec (ConfigError on problems)."""
+    ratios = ratios_from_config(cfg["ratios"])
+    p, t = cfg["plan"], cfg["train"]
+    C.require(isinstance(t["batch"], int) and t["batch"] > 0, "train.batch", "must be a positive integer")
+    C.require(t["batch"] % world_size == 0, "train.batch",
+              f"global batch {t['batch']} is not divisible by {world_size} ranks")
+    per_rank = t["batch"] // world_size
+    per_image = p["phases_per_image"] * p["patches_per_phase"]
+    group = per_image * p["images_per_ratio"]
+    C.require(per_rank % group == 0, "train.batch",
+              f"{per_rank} patches per rank are not a multiple of {group} "
+              f"(plan.images_per_ratio x plan.phases_per_image x plan.patches_per_phase)")
+    spec = PlanSpec(ratios=ratios, patch=p["patch"], images=per_rank // per_image,
+                    images_per_ratio=p["images_per_ratio"], phases_per_image=p["phases_per_image"],
+                    patches_per_phase=p["patches_per_phase"], grid=p["grid"])
+    spec.check()
+    window = max_window(spec)
+    C.require(window <= cfg["data"]["min_side"], "plan.patch",
+              f"patches of {spec.patch} px need source windows up to {window} px, larger than "
+              f"data.min_side={cfg['data']['min_side']} (the smallest image side the data is meant "
+              "to have; smaller images are skipped)")
+    C.require(t["amp"] in ("bf16", "fp16", "none"), "train.amp", f"bf16, fp16 or none, got {t['amp']!r}")
+    C.require(t["epochs"] >= 1, "train.epochs", "must be >= 1")
+    C.require(t["steps_per_epoch"] is None or t["steps_per_epoch"] >= 1, "train.steps_per_epoch",
+              "must be >= 1 or null")
+    C.require(t["ckpt_every"] >= 1 and t["log_every"] >= 1, "train.ckpt_every", "and train.log_every must be >= 1")
+    C.require(cfg["loss"]["temperature"] > 0, "loss.temperature", "must be positive")
+    C.require(cfg["optim"]["lr"] > 0, "optim.lr", "must be positive")
+    C.require(len(cfg["optim"]["betas"]) == 2, "optim.betas", "needs two values")
+    for k in ("mean", "std"):
+        C.require(len(cfg["normalize"][k]) == 3, f"normalize.{k}", "needs 3 values")
+    C.require(all(s > 0 for s in cfg["normalize"]["std"]), "normalize.std", "must be positive")
+    C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    C.require(bool(cfg["data"]["train"]), "data.train", "set a folder of real images or a file list")
+    C.require(os.path.exists(cfg["data"]["train"]), "data.train", f"{cfg['data']['train']!r} does not exist")
+    if cfg["probe"]["images"]:
+        C.require(os.path.exists(cfg["probe"]["images"]), "probe.images",
+                  f"{cfg['probe']['images']!r} does not exist")
+    return spec
+
+
+def op_normalization(cfg: Dict[str, Any]):
+    """mean/std on the 0..255 scale, as the op takes them."""
+    return ([255.0 * m for m in cfg["normalize"]["mean"]], [255.0 * s for s in cfg["normalize"]["std"]])
+
+
+def amp_context(amp: str, device: torch.device):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def build_patches(batch: Dict[str, Any], cfg: Dict[str, Any], device: torch.device) -> torch.Tensor:
+    """One copy of the packed windows to the device, then ONE rescale_gather call for all patches."""
+    pixels = batch["pixels"].to(device, non_blocking=True)
+    mean, std = op_normalization(cfg)
+    amp = cfg["train"]["amp"]
+    dtype = torch.bfloat16 if (amp == "bf16" and device.type == "cuda") else torch.float32
+    return rescale_ext.rescale_gather(pixels, batch["offsets"], batch["sizes"], batch["ratios"],
+                                      batch["corners"], cfg["plan"]["patch"], mean=mean, std=std,
+                                      quantize=cfg["plan"]["quantize"], dtype=dtype,
+                                      channels_last=cfg["train"]["channels_last"])
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def contrastive_step(model, batch, cfg, device, info: D.DistInfo):
+    x = build_patches(batch, cfg, device)
+    labels = batch["labels"].to(device, non_blocking=True)
+    with amp_context(cfg["train"]["amp"], device):
+        z = model(x)
+    if cfg["loss"]["gather"] and info.distributed:
+        contrast = D.all_gather_with_grad(z)
+        contrast_labels = D.all_gather_nograd(labels)
+        loss = supcon_loss(z, labels, cfg["loss"]["temperature"], contrast=contrast,
+                           contrast_labels=contrast_labels, anchor_offset=info.rank * z.shape[0])
+    else:
+        loss = supcon_loss(z, labels, cfg["loss"]["temperature"])
+    return loss, x.shape[0]
+
+
+def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch):
+    ckpt.atomic_save({
+        "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+        "rng": ckpt.rng_state(), "config": cfg, "kind": "pretrain",
+    }, path)
+
+
+def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedule, cfg, info, state,
+                    log: JsonlLog, run_dir: str, steps_in_epoch: int):
+    """One epoch (or what is left of it); returns averaged stats. `state` holds step/epoch counters."""
+    model.train()
+    t, device = cfg["train"], info.device
+    total_steps = len(schedule)
+    bar = tqdm(total=steps_in_epoch, initial=state["step_in_epoch"], disable=not info.is_main,
+               desc=f"epoch {state['epoch']}", dynamic_ncols=True, leave=False)
+    losses, skipped, t0, seen = [], [], time.perf_counter(), 0
+    for batch in loader:
+        lr = schedule[state["step"]]
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss, n = contrastive_step(model, batch, cfg, device, info)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg["optim"]["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        mean_loss = D.all_reduce_mean(loss.detach()).item()
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLoss(f"loss is {mean_loss} at step {state['step']} (lr {lr:.3g}); stopping. "
+                                f"The last good checkpoint is {os.path.join(run_dir, 'checkpoint.pt')}")
+        state["step"] += 1
+        state["step_in_epoch"] += 1
+        losses.append(mean_loss)
+        skipped += batch["skipped"]
+        seen += n * info.world_size
+        bar.update(1)
+        if info.is_main and (state["step"] % t["log_every"] == 0 or state["step_in_epoch"] == steps_in_epoch):
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.0f}")
+            log.write({"step": state["step"], "epoch": state["epoch"], "loss": mean_loss, "lr": lr,
+                       "patches_per_s": rate, "skipped": len(skipped)})
+        if state["step"] % t["ckpt_every"] == 0 and state["step"] < total_steps:
+            if info.is_main:
+                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), model_without_ddp, optimizer,
+                                scaler, cfg, state["step"], state["epoch"], state["step_in_epoch"])
+            D.barrier()
+        if state["step"] >= total_steps:
+            break
+    bar.close()
+    return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(losses),
+            "skipped": skipped}
+
+
+def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    info = D.init(cfg["device"])
+    spec = build_spec(cfg, info.world_size)
+    run_dir = os.path.join(cfg["out_dir"], cfg["name"])
+    if info.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        print(C.dump(cfg), flush=True)
+        print(f"ratios: {', '.join(format_ratio(r) for r in spec.ratios)}; {spec.images} images x "
+              f"{spec.patches_per_image} patches per rank; {spec.num_classes} classes; largest window "
+              f"{max_window(spec)} px; world size {info.world_size} on {info.device}", flush=True)
+        C.save(cfg, os.path.join(run_dir, "config.yaml"))
+    torch.manual_seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    t = cfg["train"]
+
+    model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
+                             cfg["model"]["proj_dim"])
+    if t["sync_bn"] and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(info.device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    model_without_ddp = model
+    o = cfg["optim"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]),
+                                 weight_decay=o["weight_decay"])
+    scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
+
+    paths = list_images(cfg["data"]["train"])
+    dataset = WindowDataset(paths, cfg["data"]["max_tries"])
+    sampler = PlanBatchSampler(len(dataset), spec, info.rank, info.world_size, cfg["seed"],
+                               t["steps_per_epoch"])
+    total_steps = t["epochs"] * sampler.steps
+    if t["max_steps"]:
+        total_steps = min(total_steps, t["max_steps"])
+    schedule = cosine_schedule(o["lr"], total_steps, o["warmup_steps"], o["min_lr"])
+
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+    log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
+    resume_path = os.path.join(run_dir, "checkpoint.pt")
+    if os.path.exists(resume_path):
+        saved = ckpt.load(resume_path)
+        model_without_ddp.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        ckpt.set_rng_state(saved["rng"])
+        state = {"step": saved["step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"]}
+        if state["step_in_epoch"] >= sampler.steps:
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+        if info.is_main:
+            log.truncate_after(state["step"])
+            print(f"resumed from {resume_path} at step {state['step']} (epoch {state['epoch']})",
+                  flush=True)
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    if t["compile"]:
+        model = torch.compile(model)
+
+    loader = DataLoader(PlannedWindows(dataset), batch_sampler=sampler, collate_fn=collate_planned,
+                        num_workers=cfg["data"]["workers"], pin_memory=info.device.type == "cuda",
+                        persistent_workers=False)
+    result = {"steps": state["step"], "loss": float("nan")}
+    while state["step"] < total_steps and state["epoch"] < t["epochs"]:
+        sampler.set_epoch(state["epoch"], state["step_in_epoch"])
+        stats = train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedule, cfg, info,
+                                state, log, run_dir, sampler.steps)
+        skipped = [s for part in D.all_gather_object(stats["skipped"]) for s in part]
+        summary = summarize_skipped(skipped)
+        epoch_done = state["step_in_epoch"] >= sampler.steps
+        if info.is_main:
+            log.write({"step": state["step"], "epoch": state["epoch"], "epoch_loss": stats["loss"],
+                       "skipped_images": summary})
+            msg = f"epoch {state['epoch']}: loss {stats['loss']:.4f}, step {state['step']}/{total_steps}"
+            if summary["count"]:
+                msg += (f"; skipped {summary['count']} image reads ({summary['files']} files): "
+                        f"{summary['reasons']}, e.g. {summary['examples'][:3]}")
+            print(msg, flush=True)
+            save_checkpoint(resume_path, model_without_ddp, optimizer, scaler, cfg, state["step"],
+                            state["epoch"], state["step_in_epoch"])
+            if t["keep_every"] and epoch_done and (state["epoch"] + 1) % t["keep_every"] == 0:
+                save_checkpoint(os.path.join(run_dir, f"checkpoint_{state['epoch']:04d}.pt"),
+                                model_without_ddp, optimizer, scaler, cfg, state["step"], state["epoch"],
+                                state["step_in_epoch"])
+        D.barrier()
+        result = {"steps": state["step"], "loss": stats["loss"], "skipped": summary}
+        if epoch_done:
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+    checksums = D.weight_checksums(model_without_ddp)
+    if info.is_main:
+        log.write({"step": state["step"], "final": True, "rank_checksums": checksums,
+                   "ranks_in_sync": len(set(checksums)) == 1})
+    if info.is_main and cfg["probe"]["images"]:
+        from .probe import format_probe, run_probe
+
+        report = run_probe(model_without_ddp.encoder, cfg, info.device)
+        result["probe"] = report
+        log.write({"step": state["step"], "probe": report})
+        print(format_probe(report), flush=True)
+    D.barrier()
+    return result

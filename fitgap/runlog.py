@@ -1,0 +1,51 @@
+"""Run folders, JSON-lines logs and warm-up + cosine schedules."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List
+
+from .checkpoint import atomic_write_text
+
+
+def cosine_schedule(base: float, total_steps: int, warmup_steps: int, min_value: float = 0.0) -> List[float]:
+    """Per-iteration linear warm-up to `base`, then cosine decay to `min_value`."""
+    out = []
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    for s in range(total_steps):
+        if s < warmup_steps:
+            out.append(base * (s + 1) / warmup_steps)
+        else:
+            t = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+            out.append(min_value + 0.5 * (base - min_value) * (1 + math.cos(math.pi * t)))
+    return out
+
+
+class JsonlLog:
+    """Append-only JSON-lines log; `truncate_after(step)` drops lines a resumed run will redo."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, record: Dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> List[Dict]:
+        if not os.path.exists(self.path):
+            return []
+        out = []
+        with open(self.path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:  # a line cut by a kill
+                        pass
+        return out
+
+    def truncate_after(self, step: int) -> None:
+        keep = [r for r in self.read() if r.get("step", -1) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -1,0 +1,57 @@
+"""Small image trees for tests, written with PIL."""
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def smooth_noise(h, w, seed):
+    """A photo-like RGB image: random noise blurred at a few scales (so rescaling leaves traces)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3))
+    for scale in (4, 8, 16):
+        small = rng.normal(size=(h // scale + 2, w // scale + 2, 3))
+        big = np.kron(small, np.ones((scale, scale, 1)))[:h, :w]
+        img += big * scale
+    img += rng.normal(size=(h, w, 3)) * 8
+    img = (img - img.min()) / (img.max() - img.min()) * 255
+    return img.astype(np.uint8)
+
+
+def write_images(folder, n, size=(72, 80), seed=0, ext=".png"):
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = os.path.join(folder, f"img_{i:03d}{ext}")
+        Image.fromarray(smooth_noise(size[0], size[1], seed + i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def write_odd_images(folder):
+    """One of each kind a loader meets in the wild; returns {kind: path}."""
+    os.makedirs(folder, exist_ok=True)
+    base = smooth_noise(96, 104, 99)
+    out = {}
+
+    def path(name):
+        out[name.split(".")[0]] = os.path.join(folder, name)
+        return out[name.split(".")[0]]
+
+    Image.fromarray(base).save(path("good.png"))
+    Image.fromarray(base).save(path("full.jpg"), quality=95)
+    with open(out["full"], "rb") as f:
+        data = f.read()
+    with open(path("truncated.jpg"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    open(path("empty.jpg"), "wb").close()
+    with open(path("text.jpg"), "w") as f:
+        f.write("this is not an image\n")
+    Image.fromarray(base).convert("CMYK").save(path("cmyk.jpg"))
+    Image.fromarray((base[:, :, 0].astype(np.uint16) * 257)).save(path("sixteen.png"))
+    Image.fromarray(base).convert("RGBA").save(path("rgba.png"))
+    Image.fromarray(base).convert("L").save(path("grey.png"))
+    Image.fromarray(base).convert("P").save(path("palette.png"))
+    Image.fromarray(base[:8, :8]).save(path("tiny.png"))
+    Image.fromarray(smooth_noise(2400, 3000, 5)).save(path("large.jpg"), quality=90)
+    return out

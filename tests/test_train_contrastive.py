@@ -1,0 +1,131 @@
+"""Pre-training end to end: torchrun with 2 CPU ranks, kill and resume, odd images."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from imaging import write_images, write_odd_images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["device=cpu", "model.backbone=test_resnet", "model.proj_hidden=32", "model.proj_dim=16",
+        "plan.patch=8", "ratios.list=[3/2, 4/3, 5/4]", "data.min_side=40", "data.workers=0",
+        "train.amp=none", "train.channels_last=false", "optim.lr=1e-3", "optim.warmup_steps=2",
+        "train.log_every=1"]
+
+
+def run_cmd(args, env_extra=None, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def losses(records):
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    write_images(str(folder), 12)
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks(images, tmp_path):
+    out = str(tmp_path / "runs")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY, f"data.train={images}",
+           f"out_dir={out}", "name=ddp", "train.batch=32", "train.steps_per_epoch=2", "train.epochs=2",
+           "train.ckpt_every=1", "probe.images=null"]
+    r = run_cmd(cmd, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    records = read_log(os.path.join(out, "ddp", "log.jsonl"))
+    final = [x for x in records if x.get("final")][-1]
+    assert final["ranks_in_sync"] and len(final["rank_checksums"]) == 2
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(records).values())
+    assert sorted(losses(records)) == [1, 2, 3, 4]
+    ck = torch.load(os.path.join(out, "ddp", "checkpoint.pt"), weights_only=True)
+    assert ck["step"] == 4 and isinstance(ck["config"], dict) and ck["config"]["name"] == "ddp"
+    assert os.path.exists(os.path.join(out, "ddp", "config.yaml"))
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted_run(images, tmp_path):
+    out = str(tmp_path / "runs")
+    common = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
+              f"data.train={images}", f"out_dir={out}", "train.batch=16", "train.steps_per_epoch=14",
+              "train.epochs=2", "train.ckpt_every=3", "probe.images=null"]
+    r = run_cmd(common + ["name=straight"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    straight = losses(read_log(os.path.join(out, "straight", "log.jsonl")))
+    assert sorted(straight) == list(range(1, 29))
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(common + ["name=killed"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ck = os.path.join(out, "killed", "checkpoint.pt")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(ck) and torch.load(ck, weights_only=True)["step"] >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = torch.load(ck, weights_only=True)["step"]
+    assert 6 <= resumed_from < 28
+    r = run_cmd(common + ["name=killed"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from" in r.stdout
+    resumed = losses(read_log(os.path.join(out, "killed", "log.jsonl")))
+    assert sorted(resumed) == list(range(1, 29))
+    for step in range(resumed_from + 1, 29):
+        assert abs(resumed[step] - straight[step]) <= 1e-6, (step, resumed[step], straight[step])
+    # a finished run re-run does nothing more
+    r = run_cmd(common + ["name=killed"], timeout=300)
+    assert r.returncode == 0 and sorted(losses(read_log(os.path.join(out, "killed", "log.jsonl")))) == list(range(1, 29))
+
+
+@pytest.mark.slow
+def test_odd_images_are_skipped_and_reported(tmp_path):
+    odd = write_odd_images(str(tmp_path / "odd"))
+    out = str(tmp_path / "runs")
+    cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
+           f"data.train={tmp_path / 'odd'}", f"out_dir={out}", "name=odd", "train.batch=16",
+           "train.steps_per_epoch=4", "train.epochs=1", "probe.images=null"]
+    r = run_cmd(cmd, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipped" in r.stdout
+    epoch = [x for x in read_log(os.path.join(out, "odd", "log.jsonl")) if "skipped_images" in x][-1]
+    s = epoch["skipped_images"]
+    assert s["count"] >= 1 and set(s["reasons"]) <= {"unreadable", "empty file", "too small"}
+    names = " ".join(s["examples"])
+    assert s["files"] >= 1 and any(k in names for k in ("truncated", "empty", "text", "tiny"))
+
+
+def test_bad_config_is_refused_before_work(tmp_path, images):
+    cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
+           f"data.train={images}", f"out_dir={tmp_path}", "name=bad", "train.batch=30"]
+    r = run_cmd(cmd, timeout=120)
+    assert r.returncode == 2 and "train.batch" in r.stderr
+    assert not os.path.exists(tmp_path / "bad" / "checkpoint.pt")
+    r = run_cmd(cmd[:-1] + ["train.batchsize=32"], timeout=120)
+    assert r.returncode == 2 and "unknown key 'train.batchsize'" in r.stderr
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, images):
+    cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
+           f"data.train={images}", f"out_dir={tmp_path}", "name=nan", "train.batch=16",
+           "train.steps_per_epoch=3", "optim.lr=1e30", "optim.warmup_steps=0", "probe.images=null"]
+    r = run_cmd(cmd, timeout=120)
+    assert r.returncode == 2 and "loss is nan" in r.stderr.lower(), r.stderr[-2000:]
