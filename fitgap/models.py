@@ -76,7 +76,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.prefilter = HighPass() if highpass else nn.Identity()
         self.backbone = backbone
-        self.num_features = backbone.num_features
+        # timm's num_features is not always what forward() returns (MobileNetV3's head): measure it.
+        with torch.no_grad():
+            was = backbone.training
+            backbone.eval()
+            self.num_features = int(backbone(torch.zeros(1, 3, 64, 64)).shape[1])
+            backbone.train(was)
 
     def forward(self, x):
         return self.backbone(self.prefilter(x))

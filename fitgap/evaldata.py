@@ -1,0 +1,166 @@
+"""Images for fine-tuning and evaluation: native-resolution crops, perturbations, labelled lists.
+
+Test images are never resized by default (resizing writes the very trace the detector reads): one
+centre crop at native resolution, or `tiles` (every non-overlapping crop that covers the image; the
+last row/column of tiles is aligned to the border). Perturbations for robustness evaluation (JPEG,
+Gaussian blur, resize) are applied identically to real and fake images, before cropping.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch.utils.data import Dataset
+
+from .data import ImageError, decode_rgb
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    jpeg: Optional[int] = None  # quality 1..100
+    blur: Optional[float] = None  # Gaussian sigma in pixels
+    resize: Optional[float] = None  # scale factor (bilinear)
+
+    def check(self) -> None:
+        if self.jpeg is not None and not 1 <= self.jpeg <= 100:
+            raise ValueError(f"--jpeg: quality must be in 1..100, got {self.jpeg}")
+        if self.blur is not None and self.blur <= 0:
+            raise ValueError(f"--blur: sigma must be positive, got {self.blur}")
+        if self.resize is not None and self.resize <= 0:
+            raise ValueError(f"--resize: factor must be positive, got {self.resize}")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.jpeg, self.blur, self.resize))
+
+    def describe(self) -> str:
+        parts = [f"jpeg{self.jpeg}" if self.jpeg else "", f"blur{self.blur:g}" if self.blur else "",
+                 f"resize{self.resize:g}" if self.resize else ""]
+        return "+".join(p for p in parts if p) or "none"
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if not self.active:
+            return a
+        img = Image.fromarray(a)
+        if self.resize is not None:
+            w, h = img.size
+            img = img.resize((max(1, round(w * self.resize)), max(1, round(h * self.resize))),
+                             Image.BILINEAR)
+        if self.blur is not None:
+            img = img.filter(ImageFilter.GaussianBlur(radius=self.blur))
+        if self.jpeg is not None:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=self.jpeg)
+            buf.seek(0)
+            img = Image.open(buf).convert("RGB")
+        return np.ascontiguousarray(np.asarray(img))
+
+
+def center_crop(a: np.ndarray, size: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return a[y:y + ch, x:x + cw]
+
+
+def tiles(a: np.ndarray, size: int) -> List[np.ndarray]:
+    """Non-overlapping size x size crops covering the image (the last ones aligned to the border)."""
+    h, w = a.shape[:2]
+    if h <= size or w <= size:
+        return [center_crop(a, size)]
+    ys = list(range(0, h - size + 1, size))
+    xs = list(range(0, w - size + 1, size))
+    if ys[-1] + size < h:
+        ys.append(h - size)
+    if xs[-1] + size < w:
+        xs.append(w - size)
+    return [a[y:y + size, x:x + size] for y in ys for x in xs]
+
+
+def to_tensor(a: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HWC -> normalised float CHW (mean/std on the 0..1 scale)."""
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div_(255.0)
+    return (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class EvalDataset(Dataset):
+    """(path, label) -> (crops [K, 3, h, w], label, index); unreadable files give crops=None."""
+
+    def __init__(self, items: Sequence[Tuple[str, int]], crop: int, mode: str, mean, std,
+                 perturb: Perturbation = Perturbation()):
+        if mode not in ("center", "tiles"):
+            raise ValueError(f"--crop: center or tiles, got {mode!r}")
+        self.items, self.crop, self.mode, self.mean, self.std, self.perturb = items, crop, mode, mean, std, perturb
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, label = self.items[i]
+        try:
+            a = self.perturb(decode_rgb(path))
+        except ImageError as exc:
+            return None, label, i, str(exc)
+        crops = [center_crop(a, self.crop)] if self.mode == "center" else tiles(a, self.crop)
+        return torch.stack([to_tensor(c, self.mean, self.std) for c in crops]), label, i, ""
+
+
+def collate_eval(items):
+    return items  # variable sizes and counts: the caller groups them
+
+
+class TrainCrops(Dataset):
+    """Fine-tuning images: a random patch x patch crop at native resolution (no resize), optional
+    horizontal flip, optional JPEG / blur augmentation. Images smaller than the patch, or unreadable,
+    are replaced by the next one and counted."""
+
+    def __init__(self, items: Sequence[Tuple[str, int]], patch: int, mean, std, flip: bool = True,
+                 jpeg_prob: float = 0.0, jpeg_quality: Tuple[int, int] = (60, 95), blur_prob: float = 0.0,
+                 blur_sigma: Tuple[float, float] = (0.1, 2.0), seed: int = 0):
+        if not items:
+            raise ValueError("no training images")
+        self.items, self.patch, self.mean, self.std = list(items), patch, mean, std
+        self.flip, self.jpeg_prob, self.jpeg_quality = flip, jpeg_prob, jpeg_quality
+        self.blur_prob, self.blur_sigma, self.seed = blur_prob, blur_sigma, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        skipped = []
+        for k in range(min(16, len(self.items))):
+            path, label = self.items[(i + k * 7919) % len(self.items)]
+            try:
+                a = decode_rgb(path)
+            except ImageError as exc:
+                skipped.append((path, str(exc)))
+                continue
+            h, w = a.shape[:2]
+            if h < self.patch or w < self.patch:
+                skipped.append((path, f"too small: {w}x{h} < {self.patch}"))
+                continue
+            if rng.random() < self.blur_prob:
+                a = Perturbation(blur=float(rng.uniform(*self.blur_sigma)))(a)
+            if rng.random() < self.jpeg_prob:
+                a = Perturbation(jpeg=int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))(a)
+            y, x = int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
+            a = a[y:y + self.patch, x:x + self.patch]
+            if self.flip and rng.random() < 0.5:
+                a = a[:, ::-1]
+            return to_tensor(a, self.mean, self.std), label, skipped
+        raise RuntimeError(f"no usable training image near {self.items[i][0]!r}: {skipped[-3:]}")
+
+
+def collate_train(items):
+    x = torch.stack([a for a, _, _ in items])
+    y = torch.tensor([b for _, b, _ in items], dtype=torch.float32)
+    return x, y, [s for _, _, sk in items for s in sk]

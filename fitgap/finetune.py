@@ -1,0 +1,269 @@
+"""Fine-tuning a binary real/fake head on a (pre-trained) encoder: full, linear probe or few-shot."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import config as C
+from . import distributed as D
+from .benchmarks import load_benchmark
+from .data import summarize_skipped
+from .detector import load_pretrained_encoder
+from .evaldata import Perturbation, TrainCrops, collate_train
+from .evaluate import evaluate_subsets, format_markdown
+from .models import Detector, encoder_from_config
+from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
+from .pretrain import IMAGENET_MEAN, IMAGENET_STD, amp_context
+from .runlog import JsonlLog, cosine_schedule
+
+DEFAULTS: Dict[str, Any] = {
+    "name": "finetune",
+    "out_dir": "runs",
+    "seed": 0,
+    "device": "auto",
+    "init": None,  # a pre-training checkpoint; null trains from scratch (the ablation)
+    "mode": "full",  # full | linear | fewshot
+    "fewshot": {"k": 16, "subsets": None},  # k images per class from each subset (default: data.subsets)
+    "data": {"bench": "mini", "root": None, "split": "train", "subsets": None, "val_fraction": 0.2,
+             "workers": 2},
+    "patch": 128,
+    "augment": {"flip": True, "jpeg_prob": 0.0, "blur_prob": 0.0},
+    "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "model": copy.deepcopy(PRETRAIN_DEFAULTS["model"]),
+    "optim": {"lr": 1.0e-4, "weight_decay": 0.0, "warmup_steps": 0, "min_lr": 0.0, "grad_clip": 0.0},
+    "train": {"epochs": 10, "batch": 64, "max_steps": None, "amp": "bf16", "channels_last": True,
+              "compile": False, "sync_bn": False, "log_every": 10},
+    "eval": {"size": None, "crop": "center", "batch": 32},
+}
+
+
+def check(cfg: Dict[str, Any], world_size: int) -> None:
+    C.require(cfg["mode"] in ("full", "linear", "fewshot"), "mode", f"full, linear or fewshot, got {cfg['mode']!r}")
+    C.require(cfg["init"] is None or os.path.isfile(cfg["init"]), "init", f"{cfg['init']!r} does not exist")
+    C.require(cfg["mode"] != "linear" or cfg["init"] is not None, "mode",
+              "linear probing needs a pre-trained encoder (init)")
+    C.require(cfg["patch"] >= 8, "patch", "must be >= 8")
+    C.require(cfg["train"]["batch"] % world_size == 0, "train.batch",
+              f"{cfg['train']['batch']} is not divisible by {world_size} ranks")
+    C.require(cfg["train"]["amp"] in ("bf16", "fp16", "none"), "train.amp", "bf16, fp16 or none")
+    C.require(0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction", "must be in (0, 1)")
+    C.require(cfg["fewshot"]["k"] >= 1, "fewshot.k", "must be >= 1")
+    C.require(cfg["eval"]["crop"] in ("center", "tiles"), "eval.crop", "center or tiles")
+    C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+
+
+def split_items(items: List[Tuple[str, int]], val_fraction: float, seed: int):
+    """Seeded split of one subset into train / val, per class."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in (0, 1):
+        cls = [it for it in items if it[1] == label]
+        order = rng.permutation(len(cls))
+        n_val = int(round(len(cls) * val_fraction)) if len(cls) > 1 else 0
+        val += [cls[i] for i in order[:n_val]]
+        train += [cls[i] for i in order[n_val:]]
+    return train, val
+
+
+def fewshot_sample(items: List[Tuple[str, int]], k: int, seed: int) -> List[Tuple[str, int]]:
+    """k images per class, seeded (all of a class that has fewer)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in (0, 1):
+        cls = [it for it in items if it[1] == label]
+        out += [cls[i] for i in sorted(rng.permutation(len(cls))[:k])]
+    return out
+
+
+def build_data(cfg: Dict[str, Any]):
+    """(train items, val subsets) from the config's benchmark."""
+    d = cfg["data"]
+    subsets = load_benchmark(d["bench"], d["root"], d["split"], d["subsets"])
+    bad = [s.name for s in subsets if s.status != "ok"]
+    if bad:
+        raise C.ConfigError(f"data.subsets: {', '.join(bad)} missing or empty under {d['root']!r} "
+                            f"({d['bench']}, split {d['split']})")
+    train, val_subsets = [], []
+    shots = set(cfg["fewshot"]["subsets"] or [s.name for s in subsets])
+    for i, s in enumerate(subsets):
+        tr, va = split_items(s.items, d["val_fraction"], cfg["seed"] + i)
+        if cfg["mode"] == "fewshot":
+            tr = fewshot_sample(tr, cfg["fewshot"]["k"], cfg["seed"] + i) if s.name in shots else []
+        train += tr
+        val_subsets.append(type(s)(s.name, va, "ok" if va else "empty"))
+    if not train:
+        raise C.ConfigError("data: no training images")
+    return train, val_subsets
+
+
+def build_model(cfg: Dict[str, Any]) -> Detector:
+    model = Detector(encoder_from_config(cfg["model"]))
+    if cfg["init"]:
+        load_pretrained_encoder(model, cfg["init"])
+    if cfg["mode"] == "linear":
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Take the encoder description and normalisation from the pre-training checkpoint."""
+    if cfg["init"]:
+        pre = ckpt.load(cfg["init"]).get("config", {})
+        if "model" in pre:
+            cfg["model"] = copy.deepcopy(pre["model"])
+            cfg["model"]["weights"] = None
+        if "normalize" in pre:
+            cfg["normalize"] = copy.deepcopy(pre["normalize"])
+    return cfg
+
+
+def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap):
+    ckpt.atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "best_ap": best_ap,
+                      "rng": ckpt.rng_state(), "config": cfg, "kind": "detector"}, path)
+
+
+def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state, log):
+    model.train()
+    if cfg["mode"] == "linear":
+        model.module.encoder.eval() if hasattr(model, "module") else model.encoder.eval()
+    t = cfg["train"]
+    losses, skipped, t0, seen = [], [], time.perf_counter(), 0
+    for x, y, sk in tqdm(loader, desc=f"epoch {state['epoch']}", disable=not info.is_main, leave=False,
+                         dynamic_ncols=True):
+        if state["step"] >= len(schedule):
+            break
+        lr = schedule[state["step"]]
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x = x.to(info.device, non_blocking=True)
+        if t["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(info.device, non_blocking=True)
+        with amp_context(t["amp"], info.device):
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg["optim"]["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        mean_loss = D.all_reduce_mean(loss.detach()).item()
+        if not math.isfinite(mean_loss):
+            from .pretrain import NonFiniteLoss
+
+            raise NonFiniteLoss(f"loss is {mean_loss} at step {state['step']}; stopping")
+        state["step"] += 1
+        losses.append(mean_loss)
+        skipped += sk
+        seen += x.shape[0] * info.world_size
+        if info.is_main and state["step"] % t["log_every"] == 0:
+            log.write({"step": state["step"], "epoch": state["epoch"], "loss": mean_loss, "lr": lr,
+                       "images_per_s": seen / (time.perf_counter() - t0)})
+    return {"loss": float(np.mean(losses)) if losses else float("nan"), "skipped": skipped}
+
+
+def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    info = D.init(cfg["device"])
+    check(cfg, info.world_size)
+    cfg = resolve_config(cfg)
+    train_items, val_subsets = build_data(cfg)
+    run_dir = os.path.join(cfg["out_dir"], cfg["name"])
+    if info.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        print(C.dump(cfg), flush=True)
+        print(f"{len(train_items)} training images ({cfg['mode']}, init {cfg['init'] or 'scratch'}); "
+              f"validation: {', '.join(f'{s.name} ({len(s.items)})' for s in val_subsets)}", flush=True)
+        C.save(cfg, os.path.join(run_dir, "config.yaml"))
+    torch.manual_seed(cfg["seed"])
+    t, o = cfg["train"], cfg["optim"]
+    model = build_model(cfg)
+    if t["sync_bn"] and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(info.device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    model_without_ddp = model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
+
+    n = cfg["normalize"]
+    a = cfg["augment"]
+    dataset = TrainCrops(train_items, cfg["patch"], n["mean"], n["std"], a["flip"], a["jpeg_prob"],
+                         blur_prob=a["blur_prob"], seed=cfg["seed"])
+    sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=cfg["seed"],
+                                 drop_last=True)
+    per_rank = t["batch"] // info.world_size
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg["data"]["workers"],
+                        collate_fn=collate_train, drop_last=len(sampler) >= per_rank,
+                        pin_memory=info.device.type == "cuda")
+    steps_per_epoch = max(1, len(loader))
+    total = t["epochs"] * steps_per_epoch
+    if t["max_steps"]:
+        total = min(total, t["max_steps"])
+    schedule = cosine_schedule(o["lr"], total, o["warmup_steps"], o["min_lr"])
+
+    state = {"epoch": 0, "step": 0, "best_ap": -1.0}
+    log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
+    last = os.path.join(run_dir, "last.pt")
+    if os.path.exists(last):
+        saved = ckpt.load(last)
+        model_without_ddp.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        ckpt.set_rng_state(saved["rng"])
+        state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
+        if info.is_main:
+            log.truncate_after(state["step"])
+            print(f"resumed from {last} after epoch {saved['epoch']}", flush=True)
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    if t["compile"]:
+        model = torch.compile(model)
+
+    crop = cfg["eval"]["size"] or cfg["patch"]
+    result: Dict[str, Any] = {}
+    while state["epoch"] < t["epochs"] and state["step"] < total:
+        sampler.set_epoch(state["epoch"])
+        dataset.set_epoch(state["epoch"])
+        stats = train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state, log)
+        val = evaluate_subsets(model_without_ddp.eval(), val_subsets, crop, cfg["eval"]["crop"], n["mean"],
+                               n["std"], Perturbation(), info.device, cfg["eval"]["batch"],
+                               cfg["data"]["workers"], info, amp=t["amp"])
+        ap = val["mean"]["ap"] if val["mean"]["ap"] is not None else -1.0
+        skipped = summarize_skipped([s for part in D.all_gather_object(stats["skipped"]) for s in part])
+        if info.is_main:
+            log.write({"step": state["step"], "epoch": state["epoch"], "epoch_loss": stats["loss"],
+                       "val_acc": val["mean"]["acc"], "val_ap": val["mean"]["ap"], "skipped_images": skipped})
+            msg = (f"epoch {state['epoch']}: loss {stats['loss']:.4f}, val acc {100 * (val['mean']['acc'] or 0):.1f}, "
+                   f"val AP {100 * ap:.1f}")
+            if skipped["count"]:
+                msg += f"; skipped {skipped['count']} image reads: {skipped['reasons']}"
+            print(msg, flush=True)
+            if ap > state["best_ap"]:
+                state["best_ap"] = ap
+                save(os.path.join(run_dir, "best.pt"), model_without_ddp, optimizer, scaler, cfg,
+                     state["epoch"], state["step"], ap)
+            save(last, model_without_ddp, optimizer, scaler, cfg, state["epoch"], state["step"], state["best_ap"])
+        D.barrier()
+        result = {"val": val, "best_ap": state["best_ap"], "loss": stats["loss"]}
+        state["epoch"] += 1
+    if info.is_main and result:
+        print(format_markdown(result["val"], f"validation ({cfg['name']}, last epoch)"), flush=True)
+    return result

@@ -1,0 +1,181 @@
+"""Fine-tuning, evaluation, detection and the mini-benchmark on tiny trees."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fitgap import checkpoint as ckpt
+from fitgap.evaldata import EvalDataset, Perturbation, tiles
+from fitgap.finetune import fewshot_sample, split_items
+from fitgap.models import ContrastiveModel, build_encoder
+
+from imaging import smooth_noise
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = {"backbone": "test_resnet", "pretrained": False, "weights": None, "stem_stride": None,
+         "stem_pool": True, "highpass": False, "proj_hidden": 32, "proj_dim": 16}
+
+
+def make_tree(root, subsets=("a", "b"), n=6, size=48):
+    """folder layout; fakes are 2x2 block-upsampled (an obvious generator trace)."""
+    for s, name in enumerate(subsets):
+        for i in range(n):
+            real = smooth_noise(size, size, 100 * s + i)
+            small = real[::2, ::2]
+            fake = np.repeat(np.repeat(small, 2, 0), 2, 1)
+            for label, img in (("0_real", real), ("1_fake", fake)):
+                d = os.path.join(root, name, label)
+                os.makedirs(d, exist_ok=True)
+                Image.fromarray(img).save(os.path.join(d, f"{i}.png"))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("bench"))
+    make_tree(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pre") / "checkpoint.pt")
+    torch.manual_seed(0)
+    model = ContrastiveModel(build_encoder("test_resnet"), 32, 16)
+    cfg = {"model": MODEL, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    ckpt.atomic_save({"model": model.state_dict(), "config": cfg, "kind": "pretrain"}, path)
+    return path
+
+
+def run(args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def finetune_args(tree, out, name, init, *extra):
+    return ["finetune.py", "--config", "configs/demo_finetune.yaml", f"name={name}", f"out_dir={out}",
+            f"init={init}", "data.bench=folder", f"data.root={tree}", "data.subsets=[a]", "data.workers=0",
+            "patch=16", "eval.size=32", "train.epochs=2", "train.batch=4", "device=cpu",
+            "model.backbone=test_resnet", *extra]
+
+
+def test_linear_probe_keeps_encoder_frozen(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "lin", pretrained, "mode=linear"))
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(tmp_path / "lin" / "last.pt", weights_only=True)
+    assert after["kind"] == "detector" and after["config"]["model"]["backbone"] == "test_resnet"
+    enc = {k: v for k, v in after["model"].items() if k.startswith("encoder.")}
+    assert enc and all(torch.equal(v, before[k]) for k, v in enc.items())
+    assert os.path.exists(tmp_path / "lin" / "best.pt")
+
+
+def test_full_finetune_changes_encoder_and_resumes(tree, pretrained, tmp_path):
+    args = finetune_args(tree, str(tmp_path), "full", pretrained, "mode=full")
+    run(args)
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    changed = [k for k, v in after["model"].items() if k.startswith("encoder.") and v.dtype.is_floating_point
+               and not torch.equal(v, before[k])]
+    assert changed and after["epoch"] == 1
+    r = run(args + ["train.epochs=3"])
+    assert "resumed from" in r.stdout
+    assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "ev", pretrained))
+    bench = tmp_path / "bench"
+    make_tree(str(bench), subsets=("x", "y"), n=4)
+    (bench / "x" / "1_fake" / "broken.png").write_bytes(b"\x89PNG not really")
+    os.makedirs(bench / "onlyfake" / "1_fake")
+    Image.fromarray(smooth_noise(40, 40, 3)).save(bench / "onlyfake" / "1_fake" / "0.png")
+    out = tmp_path / "eval"
+    r = run(["evaluate.py", "--ckpt", str(tmp_path / "ev" / "best.pt"), "--bench", "folder", "--root",
+             str(bench), "--out", str(out), "--device", "cpu", "--workers", "0"])
+    assert "| **mean** |" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    rows = {x["subset"]: x for x in res["rows"]}
+    assert rows["x"]["skipped"] == 1 and rows["x"]["n"] == 8 and "unreadable" in rows["x"]["notes"]
+    assert rows["onlyfake"]["ap"] is None and "AP undefined" in rows["onlyfake"]["notes"]
+    assert 0 <= rows["y"]["ap"] <= 1 and res["mean"]["ap_subsets"] == 2
+    csv_text = (out / "results.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("subset,status,acc") and "mean" in csv_text
+    assert "| x |" in (out / "results.md").read_text()
+    # detect: one row per file, unreadable reported
+    r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "ev" / "best.pt"), str(bench / "x" / "1_fake"),
+             "--device", "cpu", "--json"])
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 5 and sum(x["error"] is not None for x in lines) == 1
+    assert all(0 <= x["p_fake"] <= 1 for x in lines if x["error"] is None)
+
+
+@pytest.mark.slow
+def test_evaluate_under_torchrun_counts_each_image_once(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "tr", pretrained))
+    out1, out2 = tmp_path / "e1", tmp_path / "e2"
+    common = ["--ckpt", str(tmp_path / "tr" / "best.pt"), "--bench", "folder", "--root", tree,
+              "--device", "cpu", "--workers", "0"]
+    run(["evaluate.py", *common, "--out", str(out1)])
+    run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "evaluate.py", *common,
+         "--out", str(out2)])
+    a = json.loads((out1 / "results.json").read_text())
+    b = json.loads((out2 / "results.json").read_text())
+    for ra, rb in zip(a["rows"], b["rows"]):
+        assert ra["n"] == rb["n"] == 12
+        assert ra["ap"] == pytest.approx(rb["ap"]) and ra["acc"] == pytest.approx(rb["acc"])
+
+
+def test_perturbations_are_label_blind(tmp_path):
+    img = smooth_noise(64, 64, 7)
+    for label in ("0_real", "1_fake"):
+        os.makedirs(tmp_path / label)
+        Image.fromarray(img).save(tmp_path / label / "same.png")
+    items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
+    for p in (Perturbation(jpeg=50), Perturbation(blur=1.5), Perturbation(resize=0.75),
+              Perturbation(jpeg=70, blur=0.5, resize=1.25)):
+        ds = EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3, p)
+        plain = EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3)
+        assert torch.equal(ds[0][0], ds[1][0])
+        assert not torch.equal(ds[0][0], plain[0][0])
+    with pytest.raises(ValueError, match="--jpeg"):
+        Perturbation(jpeg=0).check()
+
+
+def test_tiles_cover_the_image():
+    a = np.arange(100 * 70 * 3, dtype=np.uint8).reshape(100, 70, 3)
+    t = tiles(a, 32)
+    assert len(t) == 4 * 3 and all(x.shape == (32, 32, 3) for x in t)
+    assert np.array_equal(t[-1], a[-32:, -32:])
+
+
+def test_fewshot_sampling_is_seeded_and_per_class():
+    items = [(f"r{i}", 0) for i in range(20)] + [(f"f{i}", 1) for i in range(5)]
+    a = fewshot_sample(items, 3, seed=1)
+    assert a == fewshot_sample(items, 3, seed=1) and a != fewshot_sample(items, 3, seed=2)
+    assert sum(1 for _, y in a if y == 0) == 3 and sum(1 for _, y in a if y == 1) == 3
+    assert len(fewshot_sample(items, 10, seed=0)) == 15
+    tr, va = split_items(items, 0.2, seed=0)
+    assert len(va) == 5 and not set(tr) & set(va)
+
+
+def test_minibench_builds_once(tmp_path, monkeypatch):
+    from fitgap import minibench
+
+    cache = str(tmp_path / "mb")
+    minibench.build_minibench(cache, steps=3)
+    for split in ("train", "test"):
+        for fam in minibench.FAMILIES:
+            real = os.listdir(os.path.join(cache, split, fam, "0_real"))
+            fake = os.listdir(os.path.join(cache, split, fam, "1_fake"))
+            assert len(real) == len(fake) > 20 and all(f.endswith(".png") for f in real + fake)
+    im = Image.open(os.path.join(cache, "test", "tconv", "1_fake", "0000.png"))
+    assert im.size == (minibench.TILE, minibench.TILE) and im.format == "PNG"
+    monkeypatch.setattr(minibench, "build_minibench", lambda *a, **k: pytest.fail("rebuilt"))
+    assert minibench.ensure_minibench(cache) == cache
