@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -102,11 +102,25 @@ class WindowDataset(Dataset):
     An image that cannot give the window (unreadable, too small) is replaced by the next candidates
     in a fixed order, and reported as skipped."""
 
-    def __init__(self, paths: Sequence[str], max_tries: int = 16):
+    def __init__(self, paths: Sequence[str], max_tries: int = 16, cache_images: int = 0):
         if not paths:
             raise ValueError("no images found")
         self.paths = list(paths)
         self.max_tries = max_tries
+        self.cache_images = cache_images  # decoded images kept per worker (small datasets)
+        self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+
+    def decode(self, path: str) -> np.ndarray:
+        if not self.cache_images:
+            return decode_rgb(path)
+        if path in self._cache:
+            self._cache.move_to_end(path)
+            return self._cache[path]
+        img = decode_rgb(path)
+        self._cache[path] = img
+        if len(self._cache) > self.cache_images:
+            self._cache.popitem(last=False)
+        return img
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -118,7 +132,7 @@ class WindowDataset(Dataset):
         for k in range(min(self.max_tries, n)):
             path = self.paths[(index + k * 7919) % n]
             try:
-                img = decode_rgb(path)
+                img = self.decode(path)
             except ImageError as exc:
                 skipped.append((path, str(exc)))
                 continue

@@ -33,7 +33,7 @@ DEFAULTS: Dict[str, Any] = {
     "out_dir": "runs",
     "seed": 0,
     "device": "auto",  # auto | cpu | cuda
-    "data": {"train": "", "workers": 4, "min_side": 300, "max_tries": 16},
+    "data": {"train": "", "workers": 4, "min_side": 300, "max_tries": 16, "cache_images": 0},
     "ratios": {"list": None, "range": None, "max_denominator": 8},
     "plan": {"patch": 128, "images_per_ratio": 2, "phases_per_image": 2, "patches_per_phase": 2,
              "grid": 2, "quantize": True},
@@ -219,7 +219,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
 
     paths = list_images(cfg["data"]["train"])
-    dataset = WindowDataset(paths, cfg["data"]["max_tries"])
+    dataset = WindowDataset(paths, cfg["data"]["max_tries"], cfg["data"]["cache_images"])
     sampler = PlanBatchSampler(len(dataset), spec, info.rank, info.world_size, cfg["seed"],
                                t["steps_per_epoch"])
     total_steps = t["epochs"] * sampler.steps
@@ -252,7 +252,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     loader = DataLoader(PlannedWindows(dataset), batch_sampler=sampler, collate_fn=collate_planned,
                         num_workers=cfg["data"]["workers"], pin_memory=info.device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=cfg["data"]["workers"] > 0)
     result = {"steps": state["step"], "loss": float("nan")}
     while state["step"] < total_steps and state["epoch"] < t["epochs"]:
         sampler.set_epoch(state["epoch"], state["step_in_epoch"])

@@ -113,3 +113,15 @@ def test_sampler_and_collate(tmp_path):
     sampler.set_epoch(1)
     other = [collate_planned([ds[i] for i in b]) for b in sampler]
     assert not torch.equal(other[0]["pixels"], batches[0]["pixels"])
+
+
+def test_decoded_image_cache_gives_identical_windows(tmp_path):
+    from fitgap.data import Slot
+
+    paths = write_images(str(tmp_path), 3)
+    plain, cached = WindowDataset(paths), WindowDataset(paths, cache_images=2)
+    for i in (0, 1, 2, 0, 1):
+        a, _ = plain[(i, Slot(window=30, seed=i))]
+        b, _ = cached[(i, Slot(window=30, seed=i))]
+        assert np.array_equal(a, b)
+    assert len(cached._cache) == 2
