@@ -4,7 +4,9 @@
 2. pre-train with configs/demo_pretrain.yaml on the training photos (real images only) and probe
    the encoder on held-out photos;
 3. fine-tune on ONE generator family (tconv) from the pre-trained encoder, and from scratch;
-4. evaluate both on all three families (held-out photos) and write runs/demo/report.md.
+4. evaluate both on all three families (held-out photos);
+5. draw the patch-similarity map of the pre-trained encoder and a t-SNE of the detector's features,
+   and write runs/demo/report.md.
 Every step resumes or is skipped when its output already exists.
 """
 from __future__ import annotations
@@ -74,6 +76,13 @@ def main() -> None:
             results[label] = json.load(f)
         timings[name] = time.time() - t
 
+    t = time.time()
+    sh("-m", "fitgap.analysis", "similarity", "--ckpt", pre, "--images", os.path.join(".cache", "photos", "heldout"),
+       "--crop", "96", "--patch", "32", "--count", "64", "--out", RUN, "--device", "cpu")
+    sh("-m", "fitgap.analysis", "tsne", "--ckpt", os.path.join(RUN, "finetune", "best.pt"), "--bench", "mini",
+       "--split", "test", "--patch", "64", "--n", "40", "--rescale", "48", "--out", RUN, "--device", "cpu")
+    timings["analysis"] = time.time() - t
+
     probe = [r for r in _read_jsonl(os.path.join(RUN, "pretrain", "log.jsonl")) if "probe" in r]
     fig = os.path.join(RUN, "ablation_ap.png")
     plot_ablation(results, fig)
@@ -93,9 +102,12 @@ def main() -> None:
               "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += [f"| total | {time.time() - t0:.0f} |", ""]
-    for extra in ("similarity.png", "tsne.png"):
-        if os.path.exists(os.path.join(RUN, extra)):
-            lines += [f"![{extra}]({extra})", ""]
+    lines += ["## What the encoders see", "",
+              "Cosine similarity of 32-px patches along the diagonal of held-out photos (pre-trained "
+              "encoder; bands parallel to the diagonal mean phase sensitivity):", "",
+              "![similarity](similarity.png)", "",
+              "t-SNE of the fine-tuned detector's features on the test families, with copies "
+              "rescaled to 48 px before extraction:", "", "![t-SNE](tsne.png)", ""]
     report = "\n".join(lines)
     atomic_write_text(os.path.join(RUN, "report.md"), report)
     print("\n" + report, flush=True)

@@ -55,3 +55,16 @@ def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none") -> 
             for c in crops:
                 out.append(torch.sigmoid(model(c.to(device)).float().mean()).item())
     return out
+
+
+def load_encoder(path: str, device):
+    """The encoder of a pre-training or detector checkpoint -> (encoder in eval mode, its config)."""
+    saved = ckpt.load(path)
+    cfg = saved.get("config", {})
+    if "model" not in cfg:
+        raise ValueError(f"--ckpt: {path} has no model description in its config")
+    encoder = encoder_from_config(cfg["model"])
+    prefix = "encoder."
+    state = {k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)}
+    encoder.load_state_dict(state)
+    return encoder.to(device).eval(), cfg

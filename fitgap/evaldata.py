@@ -83,7 +83,10 @@ def tiles(a: np.ndarray, size: int) -> List[np.ndarray]:
 
 def to_tensor(a: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 HWC -> normalised float CHW (mean/std on the 0..1 scale)."""
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div_(255.0)
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # PIL-backed arrays are read-only
+        a = a.copy()
+    t = torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
     return (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 

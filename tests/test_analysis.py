@@ -1,0 +1,129 @@
+"""Analysis tools: the diagonal similarity band number and t-SNE outputs."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import rescale_ext
+from fitgap.analysis import band_scores, diagonal_similarity, image_features, main, tsne_points
+
+from imaging import smooth_noise
+
+P, Q = 5, 3  # rescale by 5/3: period 3 in destination pixels
+
+
+def rescaled_images(n=3, size=200):
+    """Sources rescaled by the op (the whole destination image, no rounding)."""
+    out = []
+    for i in range(n):
+        src = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels, offsets, sizes = rescale_ext.pack_windows([src])
+        d = rescale_ext.dst_length(size, P, Q)
+        img = rescale_ext.rescale_gather(pixels, offsets, sizes, torch.tensor([[P, Q]]),
+                                         torch.tensor([[0, 0, 0]]), d)[0]
+        out.append(img.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
+    return out
+
+
+def _laplacian(x):
+    k = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]).expand(3, 1, 3, 3)
+    return F.conv2d(x, k, groups=3).abs().mean(1)  # [N, h, w], valid part
+
+
+class PhaseEncoder(nn.Module):
+    """Mean residual energy per (row mod q, col mod q) position, centred: sees phase."""
+
+    def forward(self, x):
+        e = _laplacian(x)
+        n, h, w = e.shape
+        feats = []
+        for a in range(Q):
+            for b in range(Q):
+                feats.append(e[:, a::Q, b::Q].mean((1, 2)))
+        f = torch.stack(feats, 1)
+        return f - f.mean(1, keepdim=True)
+
+
+class BlindEncoder(nn.Module):
+    """Global statistics of the residual energy: phase-blind."""
+
+    def forward(self, x):
+        e = _laplacian(x)
+        return torch.stack([e.mean((1, 2)), e.std((1, 2)), e.amax((1, 2))], 1)
+
+
+def test_band_number_separates_phase_sensitive_from_blind():
+    images = rescaled_images()
+    kw = dict(crop=96, patch=48, count=48, mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)
+    sens = band_scores(diagonal_similarity(PhaseEncoder(), images, **kw), [Q])[Q]
+    blind = band_scores(diagonal_similarity(BlindEncoder(), images, **kw), [Q])[Q]
+    assert sens > 0.05
+    assert abs(blind) < 0.01 and sens > 10 * abs(blind)
+    again = band_scores(diagonal_similarity(PhaseEncoder(), images, **kw), [Q])[Q]
+    assert again == sens  # deterministic with a seed
+
+
+def test_band_scores_on_a_made_up_matrix():
+    n = 12
+    d = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    sim = np.where(d % 4 == 0, 1.0, 0.5)
+    s = band_scores(sim, [2, 4])
+    assert s[4] == pytest.approx(0.5) and s[2] > 0
+
+
+def test_similarity_refuses_impossible_sizes():
+    with pytest.raises(ValueError, match="exceeds the crop"):
+        diagonal_similarity(BlindEncoder(), rescaled_images(1), crop=64, patch=48, count=32)
+
+
+def test_tsne_points_and_files(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 8))
+    a, b = tsne_points(x, seed=1), tsne_points(x, seed=1)
+    assert a.shape == (40, 2) and np.allclose(a, b)
+
+
+def test_image_features_with_rescale(tmp_path):
+    paths = []
+    for i, size in enumerate((80, 80, 20)):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(smooth_noise(size, size, i)).save(p)
+        paths.append((str(p), 0))
+    f = image_features(BlindEncoder(), paths, 64, (0.5,) * 3, (0.25,) * 3, "cpu")
+    g = image_features(BlindEncoder(), paths, 64, (0.5,) * 3, (0.25,) * 3, "cpu", rescale=48)
+    assert f[2] is None and g[2] is None and f[0].shape == (3,)
+    assert not np.allclose(f[0], g[0])
+
+
+def test_cli_outputs(tmp_path):
+    """similarity and tsne end to end from a checkpoint, on a tiny folder benchmark."""
+    from fitgap import checkpoint as ckpt
+    from fitgap.models import ContrastiveModel, build_encoder
+
+    model = ContrastiveModel(build_encoder("test_resnet"), 16, 8)
+    cfg = {"model": {"backbone": "test_resnet", "pretrained": False, "weights": None, "stem_stride": None,
+                     "stem_pool": True, "highpass": False},
+           "ratios": {"list": ["3/2", "5/4"], "range": None, "max_denominator": 8}}
+    path = str(tmp_path / "ck.pt")
+    ckpt.atomic_save({"model": model.state_dict(), "config": cfg, "kind": "pretrain"}, path)
+    img_dir = tmp_path / "imgs"
+    for label in ("0_real", "1_fake"):
+        os.makedirs(img_dir / "g" / label)
+        for i in range(4):
+            Image.fromarray(smooth_noise(72, 72, i + (10 if label == "1_fake" else 0))).save(
+                img_dir / "g" / label / f"{i}.png")
+    out = str(tmp_path / "out")
+    scores = main(["similarity", "--ckpt", path, "--images", str(img_dir), "--crop", "64", "--patch", "32",
+                   "--count", "16", "--out", out, "--device", "cpu"])
+    assert set(scores) == {2, 4}
+    sim = np.load(os.path.join(out, "similarity.npy"))
+    assert sim.shape == (16, 16) and np.allclose(np.diag(sim), 1.0)
+    assert os.path.getsize(os.path.join(out, "similarity.png")) > 1000
+    main(["tsne", "--ckpt", path, "--bench", "folder", "--root", str(img_dir), "--patch", "48", "--n", "4",
+          "--rescale", "40", "--out", out, "--device", "cpu"])
+    z = np.load(os.path.join(out, "tsne.npz"))
+    assert z["points"].shape == (16, 2) and len(set(z["groups"].tolist())) == 4
+    assert os.path.getsize(os.path.join(out, "tsne.png")) > 1000
