@@ -80,6 +80,8 @@ def check_args(pixels, offsets, sizes, ratios, corners, patch, mean, std):
         _fail(TypeError, f"pixels must be uint8, got {pixels.dtype}")
     if pixels.dim() != 1:
         _fail(ValueError, f"pixels must be 1-D (packed HWC windows), got {pixels.dim()} dimensions")
+    if not pixels.is_contiguous():
+        _fail(ValueError, "pixels must be contiguous")
     for name, t, shape in (("offsets", offsets, (-1,)), ("sizes", sizes, (-1, 2)),
                            ("ratios", ratios, (-1, 2)), ("corners", corners, (-1, 3))):
         if t.dtype != torch.int64:
