@@ -7,9 +7,8 @@
 Writes results.json, results.csv and results.md (default: beside the checkpoint, eval_<bench>[_<perturbation>]).
 """
 import argparse
-import sys
 
-from fitgap import distributed as D
+from fitgap.cli import run_main
 from fitgap.benchmarks import BENCHES
 from fitgap.evaluate import run
 
@@ -36,13 +35,7 @@ def get_args_parser():
 
 
 def main(args):
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        D.cleanup()
+    return run_main(run, args)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,9 @@
 Writes runs/<name>/{best.pt,last.pt,log.jsonl,config.yaml}; re-running resumes from last.pt.
 """
 import argparse
-import sys
-
 from fitgap import config as C
-from fitgap import distributed as D
+from fitgap.cli import run_main
 from fitgap.finetune import DEFAULTS, run
-from fitgap.pretrain import NonFiniteLoss
 
 
 def get_args_parser():
@@ -23,14 +20,7 @@ def get_args_parser():
 
 
 def main(args):
-    try:
-        cfg = C.load_config(args.config, args.overrides, DEFAULTS)
-        return run(cfg)
-    except (C.ConfigError, NonFiniteLoss, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        D.cleanup()
+    return run_main(lambda: run(C.load_config(args.config, args.overrides, DEFAULTS)))
 
 
 if __name__ == "__main__":

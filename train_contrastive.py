@@ -6,11 +6,9 @@
 Re-running the same command resumes from runs/<name>/checkpoint.pt.
 """
 import argparse
-import sys
-
 from fitgap import config as C
-from fitgap import distributed as D
-from fitgap.pretrain import DEFAULTS, NonFiniteLoss, run
+from fitgap.cli import run_main
+from fitgap.pretrain import DEFAULTS, run
 
 
 def get_args_parser():
@@ -21,14 +19,7 @@ def get_args_parser():
 
 
 def main(args):
-    try:
-        cfg = C.load_config(args.config, args.overrides, DEFAULTS)
-        return run(cfg)
-    except (C.ConfigError, NonFiniteLoss) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        D.cleanup()
+    return run_main(lambda: run(C.load_config(args.config, args.overrides, DEFAULTS)))
 
 
 if __name__ == "__main__":

@@ -116,13 +116,16 @@ def bench_cpu(repeat):
     return verdicts
 
 
+def copy_bandwidth(dev, repeat, nbytes=512 * 1024 * 1024):
+    """Device-to-device copy bandwidth (bytes read + written per second)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    return 2 * nbytes / time_it(lambda: src.clone(), dev, repeat)
+
+
 def bench_cuda(repeat):
     dev = "cuda"
     rows, verdicts = [], []
-    big = torch.empty(512 * 1024 * 1024, dtype=torch.uint8, device=dev)
-    t = time_it(lambda: big.clone(), dev, repeat)
-    copy_bw = 2 * big.numel() / t  # read + write
-    del big
+    copy_bw = copy_bandwidth(dev, repeat)
     for name, (nwin, per, patch) in (("dense", (256, 4, 128)), ("sparse", (256, 2, 64))):
         s = make_setting(nwin, per, patch)
         pixels = s["pixels"].to(dev)

@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import distributed as D
-from .data import IMAGE_EXTENSIONS, list_images
+from .data import list_images
 from .detector import load_detector, score_crops
 from .evaldata import EvalDataset, Perturbation
 

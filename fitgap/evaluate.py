@@ -7,7 +7,6 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 

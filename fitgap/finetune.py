@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from typing import Any, Dict, List, Tuple
@@ -23,8 +22,9 @@ from .detector import load_pretrained_encoder
 from .evaldata import Perturbation, TrainCrops, collate_train
 from .evaluate import evaluate_subsets, format_markdown
 from .models import Detector, encoder_from_config
+from .optim import amp_context, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-from .pretrain import IMAGENET_MEAN, IMAGENET_STD, amp_context
+from .pretrain import IMAGENET_MEAN, IMAGENET_STD
 from .runlog import JsonlLog, cosine_schedule
 
 DEFAULTS: Dict[str, Any] = {
@@ -146,8 +146,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
         if state["step"] >= len(schedule):
             break
         lr = schedule[state["step"]]
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr)
         x = x.to(info.device, non_blocking=True)
         if t["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -155,18 +154,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
         with amp_context(t["amp"], info.device):
             logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg["optim"]["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        mean_loss = D.all_reduce_mean(loss.detach()).item()
-        if not math.isfinite(mean_loss):
-            from .pretrain import NonFiniteLoss
-
-            raise NonFiniteLoss(f"loss is {mean_loss} at step {state['step']}; stopping")
+        mean_loss = optimizer_step(loss, model, optimizer, scaler, cfg["optim"]["grad_clip"], state["step"])
         state["step"] += 1
         losses.append(mean_loss)
         skipped += sk

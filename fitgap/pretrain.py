@@ -1,8 +1,6 @@
 """Rescaling-contrastive pre-training on real images (the logic behind train_contrastive.py)."""
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import time
 from typing import Any, Dict
@@ -21,6 +19,7 @@ from . import distributed as D
 from .data import PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned, list_images, summarize_skipped
 from .losses import supcon_loss
 from .models import ContrastiveModel, encoder_from_config
+from .optim import amp_context, optimizer_step, set_lr
 from .plan import PlanSpec, max_window
 from .ratios import format_ratio, ratios_from_config
 from .runlog import JsonlLog, cosine_schedule
@@ -97,12 +96,6 @@ def op_normalization(cfg: Dict[str, Any]):
     return ([255.0 * m for m in cfg["normalize"]["mean"]], [255.0 * s for s in cfg["normalize"]["std"]])
 
 
-def amp_context(amp: str, device: torch.device):
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def build_patches(batch: Dict[str, Any], cfg: Dict[str, Any], device: torch.device) -> torch.Tensor:
     """One copy of the packed windows to the device, then ONE rescale_gather call for all patches."""
     pixels = batch["pixels"].to(device, non_blocking=True)
@@ -113,10 +106,6 @@ def build_patches(batch: Dict[str, Any], cfg: Dict[str, Any], device: torch.devi
                                       batch["corners"], cfg["plan"]["patch"], mean=mean, std=std,
                                       quantize=cfg["plan"]["quantize"], dtype=dtype,
                                       channels_last=cfg["train"]["channels_last"])
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def contrastive_step(model, batch, cfg, device, info: D.DistInfo):
@@ -153,20 +142,10 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
     losses, skipped, t0, seen = [], [], time.perf_counter(), 0
     for batch in loader:
         lr = schedule[state["step"]]
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr)
         loss, n = contrastive_step(model, batch, cfg, device, info)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg["optim"]["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        mean_loss = D.all_reduce_mean(loss.detach()).item()
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLoss(f"loss is {mean_loss} at step {state['step']} (lr {lr:.3g}); stopping. "
-                                f"The last good checkpoint is {os.path.join(run_dir, 'checkpoint.pt')}")
+        mean_loss = optimizer_step(loss, model, optimizer, scaler, cfg["optim"]["grad_clip"], state["step"],
+                                   f"The last good checkpoint is {os.path.join(run_dir, 'checkpoint.pt')}")
         state["step"] += 1
         state["step_in_epoch"] += 1
         losses.append(mean_loss)

@@ -1,5 +1,4 @@
 """Benchmark layouts and labels; metrics against hand-computed values."""
-import math
 import os
 
 import numpy as np

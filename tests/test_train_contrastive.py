@@ -86,7 +86,7 @@ def test_kill_and_resume_matches_uninterrupted_run(images, tmp_path):
     assert 6 <= resumed_from < 28
     r = run_cmd(common + ["name=killed"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resumed from" in r.stdout
+    assert "resumed from" in r.stdout
     resumed = losses(read_log(os.path.join(out, "killed", "log.jsonl")))
     assert sorted(resumed) == list(range(1, 29))
     for step in range(resumed_from + 1, 29):
@@ -98,7 +98,7 @@ def test_kill_and_resume_matches_uninterrupted_run(images, tmp_path):
 
 @pytest.mark.slow
 def test_odd_images_are_skipped_and_reported(tmp_path):
-    odd = write_odd_images(str(tmp_path / "odd"))
+    write_odd_images(str(tmp_path / "odd"))
     out = str(tmp_path / "runs")
     cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
            f"data.train={tmp_path / 'odd'}", f"out_dir={out}", "name=odd", "train.batch=16",
