@@ -9,7 +9,7 @@ from typing import Dict, List
 TRAIN = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg",
          "hubble_deep_field.jpg", "ihc.png", "grass.png", "china.jpg", "camera.png", "cell.png",
          "coins.png", "moon.png"]
-HELDOUT = ["motorcycle_right.png", "retina.jpg", "brick.png", "gravel.png", "flower.jpg", "color.png"]
+HELDOUT = ["motorcycle_right.png", "retina.jpg", "brick.png", "gravel.png", "flower.jpg"]
 
 
 def _folders() -> List[str]:
