@@ -27,6 +27,27 @@ from fitgap.data import (PlanBatchSampler, PlannedWindows, WindowDataset, collat
 from fitgap.losses import supcon_loss  # noqa: E402
 from fitgap.models import ContrastiveModel, encoder_from_config  # noqa: E402
 from fitgap.photos import export_photos  # noqa: E402
+
+
+def bench_images() -> str:
+    """The shipped photos when scikit-image / scikit-learn are installed, else 48 photo-like
+    synthetic images (a GPU machine may lack both): decoding and packing cost the same."""
+    try:
+        return export_photos(os.path.join(".cache", "photos"))["train"]
+    except (FileNotFoundError, ImportError):
+        from PIL import Image
+
+        folder = os.path.join(".cache", "bench_images")
+        os.makedirs(folder, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(48):
+            path = os.path.join(folder, f"{i:03d}.png")
+            if not os.path.exists(path):
+                small = rng.normal(size=(48, 64, 3))
+                img = np.kron(small, np.ones((8, 8, 1))) + rng.normal(size=(384, 512, 3)) * 0.3
+                img = ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint8)
+                Image.fromarray(img).save(path)
+        return folder
 from fitgap.plan import make_plan  # noqa: E402
 from fitgap.pretrain import DEFAULTS, amp_context, build_patches, build_spec  # noqa: E402
 
@@ -172,14 +193,14 @@ def main():
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    export_photos(os.path.join(".cache", "photos"))
+    images = bench_images()
     device = torch.device(args.device)
     if args.device == "cuda":
-        cfg = C.load_config("configs/pretrain.yaml", ["data.train=.cache/photos/train", "train.batch=256",
-                                                      "data.min_side=300"], DEFAULTS)
+        cfg = C.load_config("configs/pretrain.yaml", [f"data.train={images}", "train.batch=256",
+                                                      "data.cache_images=64", "probe.images=null"], DEFAULTS)
         steps, workers = args.steps or 20, args.workers if args.workers is not None else 8
     else:
-        cfg = C.load_config("configs/demo_pretrain.yaml", [], DEFAULTS)
+        cfg = C.load_config("configs/demo_pretrain.yaml", [f"data.train={images}"], DEFAULTS)
         steps, workers = args.steps or 10, args.workers if args.workers is not None else 1
     breakdown(cfg, device, steps)
     ratio = rates(cfg, device, steps, workers)
