@@ -68,3 +68,21 @@ def load(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise RuntimeError(f"cannot read checkpoint {path!r}: {exc}") from exc
+
+
+def save_training(path: str, model, optimizer, scaler, cfg: Dict[str, Any], kind: str, **counters) -> None:
+    """Atomic checkpoint of a training run: weights, optimiser, scaler, RNG states, the config as a
+    plain dict, what kind of run wrote it and its counters (step, epoch, ...)."""
+    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": rng_state(), "config": cfg, "kind": kind,
+                 **counters}, path)
+
+
+def restore_training(path: str, model, optimizer, scaler) -> Dict[str, Any]:
+    """Load what save_training wrote into model/optimizer/scaler and the RNGs; returns the dict."""
+    saved = load(path)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    return saved

@@ -130,9 +130,8 @@ def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap):
-    ckpt.atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "best_ap": best_ap,
-                      "rng": ckpt.rng_state(), "config": cfg, "kind": "detector"}, path)
+    ckpt.save_training(path, model, optimizer, scaler, cfg, "detector", epoch=epoch, step=step,
+                       best_ap=best_ap)
 
 
 def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state, log):
@@ -210,11 +209,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
     if os.path.exists(last):
-        saved = ckpt.load(last)
-        model_without_ddp.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        ckpt.set_rng_state(saved["rng"])
+        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler)
         state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
         if info.is_main:
             log.truncate_after(state["step"])

@@ -124,11 +124,8 @@ def contrastive_step(model, batch, cfg, device, info: D.DistInfo):
 
 
 def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch):
-    ckpt.atomic_save({
-        "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-        "rng": ckpt.rng_state(), "config": cfg, "kind": "pretrain",
-    }, path)
+    ckpt.save_training(path, model_without_ddp, optimizer, scaler, cfg, "pretrain", step=step, epoch=epoch,
+                       step_in_epoch=step_in_epoch)
 
 
 def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedule, cfg, info, state,
@@ -210,11 +207,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     resume_path = os.path.join(run_dir, "checkpoint.pt")
     if os.path.exists(resume_path):
-        saved = ckpt.load(resume_path)
-        model_without_ddp.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        ckpt.set_rng_state(saved["rng"])
+        saved = ckpt.restore_training(resume_path, model_without_ddp, optimizer, scaler)
         state = {"step": saved["step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"]}
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1
