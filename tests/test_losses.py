@@ -1,4 +1,5 @@
-"""SupCon: the invariants of STYLE.md and an independent float64 implementation."""
+"""SupCon: its invariants (identical features, labels=None, permutations, no-positive anchors) and an
+independent float64 implementation."""
 import math
 
 import pytest
