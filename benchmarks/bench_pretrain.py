@@ -72,6 +72,17 @@ def step(model, opt, x, labels, cfg, device):
     return loss
 
 
+def steps_per_second(fn, steps, device, warmup=3):
+    for _ in range(warmup):
+        fn()
+    sync(str(device))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(str(device))
+    return steps / (time.perf_counter() - t0)
+
+
 def breakdown(cfg, device, steps):
     """Sequential timing of each stage in this process (no DataLoader workers)."""
     spec, model, opt = setup(cfg, device)
@@ -138,14 +149,7 @@ def rates(cfg, device, steps, workers):
     dtype = torch.bfloat16 if (cfg["train"]["amp"] == "bf16" and device.type == "cuda") else torch.float32
     x = torch.randn(n, 3, p, p, device=device, dtype=dtype).contiguous(memory_format=fmt)
     labels = torch.arange(n, device=device) // 2
-    for _ in range(3):
-        step(model, opt, x, labels, cfg, device)
-    sync(str(device))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(model, opt, x, labels, cfg, device)
-    sync(str(device))
-    synth = steps / (time.perf_counter() - t0)
+    synth = steps_per_second(lambda: step(model, opt, x, labels, cfg, device), steps, device)
     print_table(["input", "steps/s", "patches/s", "vs synthetic"],
                 [("real pipeline", f"{real:.2f}", f"{real * n:,.0f}", f"{real / synth:.2f}"),
                  ("synthetic tensors", f"{synth:.2f}", f"{synth * n:,.0f}", "1.00")],
@@ -156,32 +160,27 @@ def rates(cfg, device, steps, workers):
 
 def precision_modes(device, steps, batch=256, patch=128):
     """legacy_xception at 128 px: fp32 eager vs bf16 + channels_last vs + torch.compile."""
-    rows, base = [], None
-    for name, amp, cl, comp in (("fp32 eager", "none", False, False), ("bf16 + channels_last", "bf16", True, False),
-                                ("bf16 + channels_last + compile", "bf16", True, True)):
+
+    def measure(amp, cl, comp):  # one mode; its model is freed on return
         cfg = C.load_config(None, [f"train.amp={amp}", f"train.channels_last={str(cl).lower()}",
                                    "ratios.list=[3/2]", "data.train=.", f"train.batch={batch}"], DEFAULTS)
         model = ContrastiveModel(encoder_from_config(cfg["model"]), 2048, 128).to(device)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        fwd = torch.compile(model) if comp else model
         x = torch.randn(batch, 3, patch, patch, device=device,
                         dtype=torch.bfloat16 if amp == "bf16" else torch.float32)
         if cl:
+            model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        fwd = torch.compile(model) if comp else model
         labels = torch.arange(batch, device=device) // 2
-        for _ in range(3):
-            step(fwd, opt, x, labels, cfg, device)
-        sync(str(device))
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(fwd, opt, x, labels, cfg, device)
-        sync(str(device))
-        r = steps / (time.perf_counter() - t0)
+        return steps_per_second(lambda: step(fwd, opt, x, labels, cfg, device), steps, device)
+
+    rows, base = [], None
+    for name, amp, cl, comp in (("fp32 eager", "none", False, False), ("bf16 + channels_last", "bf16", True, False),
+                                ("bf16 + channels_last + compile", "bf16", True, True)):
+        r = measure(amp, cl, comp)
         base = base or r
         rows.append((name, f"{r:.2f}", f"{r * batch:,.0f}", f"{r / base:.2f}x"))
-        del model, opt, fwd
     print_table(["mode", "steps/s", "patches/s", "vs fp32 eager"], rows,
                 f"legacy_xception, {patch} px, batch {batch} ({torch.cuda.get_device_name()})")
     return float(rows[1][3][:-1])

@@ -101,3 +101,14 @@ def weight_checksums(model: torch.nn.Module) -> List[float]:
     for i, p in enumerate(model.parameters()):
         total += (p.detach().double().cpu() * (1.0 + 1e-3 * i)).sum()
     return [float(v) for v in all_gather_object(float(total))]
+
+
+def place_model(model: torch.nn.Module, info: DistInfo, sync_bn: bool = False,
+                channels_last: bool = False) -> torch.nn.Module:
+    """SyncBN (only when distributed), move to the rank's device, channels_last memory format."""
+    if sync_bn and info.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(info.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

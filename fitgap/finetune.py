@@ -178,12 +178,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         C.save(cfg, os.path.join(run_dir, "config.yaml"))
     torch.manual_seed(cfg["seed"])
     t, o = cfg["train"], cfg["optim"]
-    model = build_model(cfg)
-    if t["sync_bn"] and info.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(info.device)
-    if t["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = D.place_model(build_model(cfg), info, t["sync_bn"], t["channels_last"])
     model_without_ddp = model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])

@@ -183,11 +183,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
                              cfg["model"]["proj_dim"])
-    if t["sync_bn"] and info.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(info.device)
-    if t["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = D.place_model(model, info, t["sync_bn"], t["channels_last"])
     model_without_ddp = model
     o = cfg["optim"]
     optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]),
