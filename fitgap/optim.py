@@ -26,16 +26,24 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 def optimizer_step(loss, model, optimizer, scaler, grad_clip: float, step: int, where: str = "") -> float:
-    """Backward, (unscale + clip), step; returns the loss averaged over ranks, and stops with
-    NonFiniteLoss on NaN/inf (every rank sees the same averaged value, so all stop together)."""
+    """Backward, unscale, clip, step; returns the loss averaged over ranks.
+
+    Stops with NonFiniteLoss BEFORE the weights are touched when the loss or (without an fp16
+    GradScaler, which skips such steps itself) the gradient norm is NaN/inf: a finite loss can still
+    give a NaN gradient (seen with bf16 convolutions on the CPU), and one such step would otherwise
+    poison every weight and the next checkpoint. Under DDP the gradients and the averaged loss are the
+    same on every rank, so all ranks stop together. One host sync per step for both checks."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    mean_loss = D.all_reduce_mean(loss.detach()).item()
+    scaler.unscale_(optimizer)  # a no-op when the scaler is disabled
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    mean_loss, grad_norm = torch.stack([D.all_reduce_mean(loss.detach()).float(), norm.float()]).tolist()
     if not math.isfinite(mean_loss):
         raise NonFiniteLoss(f"loss is {mean_loss} at step {step}; stopping. {where}".strip())
+    if not math.isfinite(grad_norm) and not scaler.is_enabled():
+        raise NonFiniteLoss(f"gradient norm is {grad_norm} at step {step} (loss {mean_loss:.4f}); stopping "
+                            f"before the weights change. {where}".strip())
+    scaler.step(optimizer)
+    scaler.update()
     return mean_loss

@@ -102,8 +102,7 @@ def test_odd_images_are_skipped_and_reported(tmp_path):
     out = str(tmp_path / "runs")
     cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
            f"data.train={tmp_path / 'odd'}", f"out_dir={out}", "name=odd", "train.batch=16",
-           "train.steps_per_epoch=4", "train.epochs=1", "probe.images=null",
-           "train.amp=bf16", "train.channels_last=true"]  # also exercises the bf16 / channels_last path
+           "train.steps_per_epoch=4", "train.epochs=1", "probe.images=null"]
     r = run_cmd(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped" in r.stdout
