@@ -7,6 +7,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .models import Detector, encoder_from_config
+from .optim import amp_context
 
 
 def load_pretrained_encoder(detector: Detector, path: str) -> Dict[str, List[str]]:
@@ -42,9 +43,7 @@ def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none") -> 
     """P(fake) per image from its crops (mean logit over the crops of one image)."""
     out: List[float] = []
     shapes = {tuple(c.shape[1:]) for c in crops}
-    ctx = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp == "bf16"
-           else torch.autocast(device_type=device.type, enabled=False))
-    with ctx:
+    with amp_context(amp, device):
         if len(shapes) == 1:
             logits = model(torch.cat(crops).to(device)).float().cpu()
             k = 0
