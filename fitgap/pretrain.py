@@ -45,8 +45,12 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
               "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
               "ckpt_every": 1000, "keep_every": 0, "log_every": 10},
-    "probe": {"images": None, "patches": 8, "window": 384, "split_seed": 0},
+    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0},
 }
+
+
+# what a resumed run must share with its checkpoint (the rest, e.g. train.epochs, may change)
+RESUME_SAME = ("model", "ratios", "plan", "normalize", "loss")
 
 
 def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
@@ -203,7 +207,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     resume_path = os.path.join(run_dir, "checkpoint.pt")
     if os.path.exists(resume_path):
-        saved = ckpt.restore_training(resume_path, model_without_ddp, optimizer, scaler)
+        saved = ckpt.restore_training(resume_path, model_without_ddp, optimizer, scaler, cfg, RESUME_SAME)
         state = {"step": saved["step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"]}
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1

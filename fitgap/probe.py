@@ -1,8 +1,9 @@
 """Linear probe of a frozen encoder: does it see the rescaling ratio, and the phase?
 
-Patches of HELD-OUT photos are rescaled by every ratio (with the op), encoded, and a logistic
-regression is fitted on the patches of half of the photos and scored on the other half, so that
-photo content cannot carry the answer. Reported: ratio accuracy vs chance, and per ratio the phase
+Patches of HELD-OUT photos are rescaled by every ratio (with the op) and encoded; a logistic
+regression is scored leave-one-photo-out: the patches of each photo are predicted by a classifier
+fitted on the patches of the other photos, so that photo content cannot carry the answer and every
+photo is tested. Reported: ratio accuracy vs chance (overall and per ratio), and per ratio the phase
 (y0 mod q, x0 mod q) accuracy vs chance: phase is content-free, ratio can lean on scale cues.
 """
 from __future__ import annotations
@@ -72,33 +73,42 @@ def encode(encoder, x: torch.Tensor, device, batch: int = 64) -> np.ndarray:
     return torch.cat(feats).numpy()
 
 
-def _fit_score(f_tr, y_tr, f_te, y_te) -> float:
+def _fit_predict(f_tr, y_tr, f_te) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if len(np.unique(y_tr)) < 2 or len(y_te) == 0:
-        return float("nan")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+    if len(np.unique(y_tr)) < 2:
+        return np.full(len(f_te), y_tr[0] if len(y_tr) else -1)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.01))
     clf.fit(f_tr, y_tr)
-    return float((clf.predict(f_te) == y_te).mean())
+    return clf.predict(f_te)
+
+
+def leave_one_photo_out(f: np.ndarray, y: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """Prediction for every row, from a classifier fitted on the rows of the other photos."""
+    pred = np.full(len(y), -1)
+    for k in np.unique(photo):
+        m = photo == k
+        pred[m] = _fit_predict(f[~m], y[~m], f[m])
+    return pred
 
 
 def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_image: int = 8,
                   window: int = 384, quantize: bool = True, mean=None, std=None, seed: int = 0
                   ) -> Dict[str, Any]:
     x, ri, ph, img = probe_patches(paths, ratios, patch, per_image, window, quantize, mean, std, seed)
-    f = encode(encoder, x, device)
     photos = np.unique(img)
-    perm = np.random.default_rng(seed).permutation(photos)
-    train_photos = set(perm[: max(1, len(perm) // 2)].tolist())
-    tr = np.array([i in train_photos for i in img])
-    te = ~tr
-    report = {"ratio_acc": _fit_score(f[tr], ri[tr], f[te], ri[te]), "ratio_chance": 1.0 / len(ratios),
-              "n_train": int(tr.sum()), "n_test": int(te.sum()), "photos": len(photos), "phase": {}}
+    if len(photos) < 2:
+        raise ValueError(f"probe: {len(photos)} usable held-out photo(s); leave-one-photo-out needs >= 2")
+    f = encode(encoder, x, device)
+    pred = leave_one_photo_out(f, ri, img)
+    report = {"ratio_acc": float((pred == ri).mean()), "ratio_chance": 1.0 / len(ratios),
+              "n_test": int(len(ri)), "photos": int(len(photos)), "per_ratio": {}, "phase": {}}
     for j, r in enumerate(ratios):
         m = ri == j
-        acc = _fit_score(f[m & tr], ph[m & tr], f[m & te], ph[m & te])
+        report["per_ratio"][format_ratio(r)] = float((pred[m] == j).mean()) if m.any() else float("nan")
+        acc = float((leave_one_photo_out(f[m], ph[m], img[m]) == ph[m]).mean()) if m.any() else float("nan")
         report["phase"][format_ratio(r)] = {"acc": acc, "chance": 1.0 / r.denominator ** 2}
     return report
 
@@ -110,11 +120,49 @@ def run_probe(encoder, cfg: Dict[str, Any], device) -> Dict[str, Any]:
     mean, std = op_normalization(cfg)
     return probe_encoder(encoder, list_images(cfg["probe"]["images"]), ratios_from_config(cfg["ratios"]),
                          cfg["plan"]["patch"], device, cfg["probe"]["patches"], cfg["probe"]["window"],
-                         cfg["plan"]["quantize"], mean, std, cfg["probe"]["split_seed"])
+                         cfg["plan"]["quantize"], mean, std, cfg["probe"]["seed"])
 
 
 def format_probe(r: Dict[str, Any]) -> str:
     ratio = r["ratio_acc"] / r["ratio_chance"]
     phases = ", ".join(f"{k} {v['acc']:.2f} (chance {v['chance']:.2f})" for k, v in r["phase"].items())
-    return (f"probe (held-out photos, {r['n_test']} test patches): ratio accuracy {r['ratio_acc']:.3f} vs "
-            f"chance {r['ratio_chance']:.3f} ({ratio:.1f}x); phase accuracy per ratio: {phases}")
+    per = ", ".join(f"{k} {v:.2f}" for k, v in r.get("per_ratio", {}).items())
+    return (f"probe ({r['photos']} held-out photos, leave-one-photo-out, {r['n_test']} patches): ratio "
+            f"accuracy {r['ratio_acc']:.3f} vs chance {r['ratio_chance']:.3f} ({ratio:.1f}x) [per ratio: {per}]; "
+            f"phase accuracy per ratio: {phases}")
+
+
+def main(argv=None) -> Dict[str, Any]:
+    """python -m fitgap.probe --ckpt runs/<name>/checkpoint.pt [--images DIR] [overrides of probe.*]"""
+    import argparse
+
+    from .cli import run_main
+    from .detector import load_encoder
+
+    p = argparse.ArgumentParser(description="Linear probe of a pre-trained encoder (ratio and phase).")
+    p.add_argument("--ckpt", required=True, help="a pre-training (or detector) checkpoint")
+    p.add_argument("--images", help="held-out photos (default: the checkpoint's probe.images)")
+    p.add_argument("--patches", type=int, help="patches per photo and ratio")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    def go():
+        device = torch.device(args.device)
+        encoder, cfg = load_encoder(args.ckpt, device)
+        cfg = dict(cfg, probe=dict(cfg.get("probe", {})))
+        if args.images:
+            cfg["probe"]["images"] = args.images
+        if args.patches:
+            cfg["probe"]["patches"] = args.patches
+        if not cfg["probe"].get("images"):
+            raise ValueError("--images: the checkpoint names no probe.images; give a folder of held-out photos")
+        cfg["probe"].setdefault("seed", cfg["probe"].pop("split_seed", 0))
+        report = run_probe(encoder, cfg, device)
+        print(format_probe(report), flush=True)
+        return report
+
+    return run_main(go)
+
+
+if __name__ == "__main__":
+    main()

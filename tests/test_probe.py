@@ -1,0 +1,99 @@
+"""The linear probe: leave-one-photo-out scoring, and what it reports for encoders that do or do not
+see the rescaling trace."""
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from fitgap import config as C
+from fitgap.models import ContrastiveModel, build_encoder
+from fitgap.pretrain import DEFAULTS
+from fitgap.probe import leave_one_photo_out, main, probe_encoder
+
+RATIOS = [Fraction(2, 3), Fraction(3, 4), Fraction(5, 4), Fraction(3, 2)]
+
+
+def noise_photos(folder, n=4, size=200):
+    """Photos with fine texture everywhere (white noise), so every patch carries the trace."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        a = np.random.default_rng(i).normal(128, 40, (size, size, 3)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(a).save(os.path.join(folder, f"photo_{i}.png"))
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder))
+
+
+class SpectrumEncoder(nn.Module):
+    """A hand-made trace detector: the log spectrum of the row and column profiles of the residual
+    energy (the periodic interpolation pattern) and of the residual itself."""
+
+    def forward(self, x):
+        g = x.mean(1, keepdim=True)
+        k = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]).view(1, 1, 3, 3)
+        r = F.conv2d(g, k)
+        e = r.abs() / (r.abs().mean((2, 3), keepdim=True) + 1e-6)
+        px, py = e.mean(2).squeeze(1), e.mean(3).squeeze(1)
+        prof = (torch.fft.rfft(px - px.mean(1, keepdim=True)).abs()
+                + torch.fft.rfft(py - py.mean(1, keepdim=True)).abs())
+        spec = torch.fft.rfft2(r).abs().mean(2).squeeze(1)
+        return torch.log1p(torch.cat([prof, spec], 1))
+
+
+class ConstantEncoder(nn.Module):
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 8)
+
+
+def test_leave_one_photo_out_never_scores_a_photo_with_itself():
+    # The label is a property of the photo and the only feature is the photo's identity: a classifier
+    # that saw the photo would score 1.0, one that did not can only guess.
+    photo = np.repeat(np.arange(6), 10)
+    y = photo % 2
+    f = np.eye(6)[photo]
+    pred = leave_one_photo_out(f, y, photo)
+    assert (pred == y).mean() <= 0.5
+    # a feature that carries the label inside every photo is found on photos never seen
+    y2 = np.tile([0, 1], 30)
+    f2 = np.stack([y2 + 0.1 * np.random.default_rng(0).normal(size=len(y2)), np.ones(len(y2))], 1)
+    assert (leave_one_photo_out(f2, y2, photo) == y2).mean() == 1.0
+
+
+def test_probe_tells_a_trace_detector_from_a_blind_encoder(tmp_path):
+    paths = noise_photos(str(tmp_path / "photos"))
+    kw = dict(patch=32, device="cpu", per_image=12, window=160, quantize=True, mean=[128.0] * 3,
+              std=[40.0] * 3, seed=0)
+    good = probe_encoder(SpectrumEncoder(), paths, RATIOS, **kw)
+    blind = probe_encoder(ConstantEncoder(), paths, RATIOS, **kw)
+    assert good["ratio_chance"] == blind["ratio_chance"] == 0.25
+    assert good["photos"] == 4 and good["n_test"] == 4 * 4 * 12
+    assert good["ratio_acc"] >= 0.8, good
+    assert blind["ratio_acc"] <= 0.3, blind
+    assert set(good["per_ratio"]) == {"2/3", "3/4", "5/4", "3/2"}
+    assert set(good["phase"]["3/2"]) == {"acc", "chance"} and good["phase"]["3/2"]["chance"] == 0.25
+    assert probe_encoder(SpectrumEncoder(), paths, RATIOS, **kw)["ratio_acc"] == good["ratio_acc"]
+
+
+def test_probe_needs_two_photos(tmp_path):
+    paths = noise_photos(str(tmp_path / "photos"), n=1)
+    with pytest.raises(ValueError, match="leave-one-photo-out needs >= 2"):
+        probe_encoder(ConstantEncoder(), paths, RATIOS, 32, "cpu", 4, 160, True, [128.0] * 3, [40.0] * 3)
+
+
+def test_probe_command_reads_a_pretraining_checkpoint(tmp_path, capsys):
+    folder = str(tmp_path / "photos")
+    noise_photos(folder, n=3, size=120)
+    cfg = C.load_config(None, ["model.backbone=resnet10t", "model.highpass=true", 'ratios.list=["3/4","3/2"]',
+                               "plan.patch=16", "probe.window=120"], DEFAULTS)
+    model = ContrastiveModel(build_encoder("resnet10t", highpass=True), 32, 8)
+    path = str(tmp_path / "checkpoint.pt")
+    torch.save({"model": model.state_dict(), "config": cfg}, path)
+    report = main(["--ckpt", path, "--images", folder, "--patches", "3"])
+    assert report["photos"] == 3 and report["n_test"] == 3 * 2 * 3
+    assert 0.0 <= report["ratio_acc"] <= 1.0 and report["ratio_chance"] == 0.5
+    assert "probe (3 held-out photos, leave-one-photo-out, 18 patches)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--ckpt", path])  # no probe.images in the checkpoint and no --images
