@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -78,9 +78,32 @@ def save_training(path: str, model, optimizer, scaler, cfg: Dict[str, Any], kind
                  **counters}, path)
 
 
-def restore_training(path: str, model, optimizer, scaler) -> Dict[str, Any]:
-    """Load what save_training wrote into model/optimizer/scaler and the RNGs; returns the dict."""
+def _changed(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def restore_training(path: str, model, optimizer, scaler, cfg: Optional[Dict[str, Any]] = None,
+                     same: Sequence[str] = ()) -> Dict[str, Any]:
+    """Load what save_training wrote into model/optimizer/scaler and the RNGs; returns the dict.
+
+    The config sections named in `same` must equal those the checkpoint was written with: a run whose
+    model or task changed cannot continue from it (ConfigError naming the keys, nothing loaded)."""
     saved = load(path)
+    if cfg is not None and same:
+        old = saved.get("config", {})
+        changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
+        if changed:
+            from .config import ConfigError
+
+            raise ConfigError(f"{', '.join(changed)}: differ from {path}, which this run would resume; "
+                              f"choose another name= or remove {os.path.dirname(path)} to start afresh")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

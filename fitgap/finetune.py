@@ -204,7 +204,8 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
     if os.path.exists(last):
-        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler)
+        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler, cfg,
+                                      ("model", "mode", "normalize", "patch"))
         state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
         if info.is_main:
             log.truncate_after(state["step"])

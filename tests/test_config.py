@@ -2,9 +2,11 @@
 from fractions import Fraction
 
 import pytest
+import torch
 import yaml
 
 from fitgap import config as C
+from fitgap.config import ConfigError
 from fitgap.pretrain import DEFAULTS, build_spec
 from fitgap.ratios import ratios_from_config
 
@@ -94,3 +96,24 @@ def test_build_spec_checks(tmp_path):
     ]:
         with pytest.raises(C.ConfigError, match=match):
             build_spec(_cfg(tmp_path, *overrides), world_size=world)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    from fitgap import checkpoint as ckpt
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    cfg = {"model": {"backbone": "a", "dim": 2}, "train": {"epochs": 1}}
+    path = str(tmp_path / "checkpoint.pt")
+    ckpt.save_training(path, model, opt, scaler, cfg, "pretrain", step=3)
+    weight = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.zero_()
+    changed = {"model": {"backbone": "b", "dim": 2}, "train": {"epochs": 5}}
+    with pytest.raises(ConfigError, match=r"model.backbone: differ from .*checkpoint.pt.*another name="):
+        ckpt.restore_training(path, model, opt, scaler, changed, ("model",))
+    assert model.weight.abs().sum() == 0  # nothing was loaded
+    # other sections (a longer schedule) may change
+    saved = ckpt.restore_training(path, model, opt, scaler, dict(cfg, train={"epochs": 5}), ("model",))
+    assert saved["step"] == 3 and torch.equal(model.weight, weight)
