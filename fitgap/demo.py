@@ -16,11 +16,25 @@ import os
 import subprocess
 import sys
 import time
+from typing import List
 
 from .checkpoint import atomic_write_text
 from .evaluate import format_markdown
 
 RUN = os.path.join("runs", "demo")
+PRETRAIN_CONFIG = os.path.join("configs", "demo_pretrain.yaml")
+FINETUNE_CONFIG = os.path.join("configs", "demo_finetune.yaml")
+
+
+def scratch_overrides(pretrain_config: str = PRETRAIN_CONFIG) -> List[str]:
+    """Overrides that give the from-scratch ablation the SAME encoder (and input normalisation) as
+    the pre-trained run: without them it would train the fine-tuning default architecture."""
+    from . import config as C
+    from .pretrain import DEFAULTS
+
+    cfg = C.load_config(pretrain_config, [], DEFAULTS)
+    return [f"{section}.{k}={json.dumps(v)}" for section in ("model", "normalize")
+            for k, v in cfg[section].items()]
 
 
 def sh(*args: str) -> None:
@@ -61,14 +75,15 @@ def main() -> None:
     timings = {"data": time.time() - t0}
 
     t = time.time()
-    sh("train_contrastive.py", "--config", "configs/demo_pretrain.yaml")
+    sh("train_contrastive.py", "--config", PRETRAIN_CONFIG)
     timings["pretrain"] = time.time() - t
     pre = os.path.join(RUN, "pretrain", "checkpoint.pt")
 
     results = {}
     for label, name, init in (("pretrained", "finetune", pre), ("scratch", "finetune_scratch", "null")):
         t = time.time()
-        sh("finetune.py", "--config", "configs/demo_finetune.yaml", f"name=demo/{name}", f"init={init}")
+        extra = scratch_overrides() if init == "null" else []
+        sh("finetune.py", "--config", FINETUNE_CONFIG, f"name=demo/{name}", f"init={init}", *extra)
         out = os.path.join(RUN, name, "eval_mini")
         sh("evaluate.py", "--ckpt", os.path.join(RUN, name, "best.pt"), "--bench", "mini", "--split", "test",
            "--out", out, "--device", "cpu")

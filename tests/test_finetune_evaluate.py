@@ -179,3 +179,18 @@ def test_minibench_builds_once(tmp_path, monkeypatch):
     assert im.size == (minibench.TILE, minibench.TILE) and im.format == "PNG"
     monkeypatch.setattr(minibench, "build_minibench", lambda *a, **k: pytest.fail("rebuilt"))
     assert minibench.ensure_minibench(cache) == cache
+
+
+def test_demo_scratch_ablation_trains_the_pretraining_architecture():
+    from fitgap import config as C
+    from fitgap.demo import scratch_overrides
+    from fitgap.finetune import DEFAULTS as FINETUNE
+    from fitgap.pretrain import DEFAULTS as PRETRAIN
+
+    pre_yaml = os.path.join(ROOT, "configs", "demo_pretrain.yaml")
+    ft_yaml = os.path.join(ROOT, "configs", "demo_finetune.yaml")
+    pre = C.load_config(pre_yaml, [], PRETRAIN)
+    scratch = C.load_config(ft_yaml, ["init=null", *scratch_overrides(pre_yaml)], FINETUNE)
+    assert scratch["model"] == pre["model"] and scratch["normalize"] == pre["normalize"]
+    # without the overrides the ablation would train another architecture
+    assert C.load_config(ft_yaml, ["init=null"], FINETUNE)["model"] != pre["model"]
