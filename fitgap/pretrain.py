@@ -45,7 +45,7 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
               "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
               "ckpt_every": 1000, "keep_every": 0, "log_every": 10},
-    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0},
+    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True},
 }
 
 

@@ -114,13 +114,26 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
 
 
 def run_probe(encoder, cfg: Dict[str, Any], device) -> Dict[str, Any]:
-    """The probe of a pre-training config (probe.images, the run's ratios, patch and normalisation)."""
+    """The probe of a pre-training config (probe.images, the run's ratios, patch and normalisation).
+
+    With probe.baseline (default), the same probe of a freshly initialised encoder of the same
+    architecture (seeded with the run's seed) is reported beside it as "untrained": the fixed input
+    filter and a random network already see some of the trace, and this is the bar to beat."""
+    from .models import encoder_from_config
     from .pretrain import op_normalization
 
     mean, std = op_normalization(cfg)
-    return probe_encoder(encoder, list_images(cfg["probe"]["images"]), ratios_from_config(cfg["ratios"]),
-                         cfg["plan"]["patch"], device, cfg["probe"]["patches"], cfg["probe"]["window"],
-                         cfg["plan"]["quantize"], mean, std, cfg["probe"]["seed"])
+    p = cfg["probe"]
+    args = (list_images(p["images"]), ratios_from_config(cfg["ratios"]), cfg["plan"]["patch"], device,
+            p["patches"], p["window"], cfg["plan"]["quantize"], mean, std, p.get("seed", 0))
+    report = probe_encoder(encoder, *args)
+    if p.get("baseline", True):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.get("seed", 0))
+            fresh = encoder_from_config(cfg["model"]).to(device)
+        base = probe_encoder(fresh, *args)
+        report["untrained"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"]}
+    return report
 
 
 def format_probe(r: Dict[str, Any]) -> str:
@@ -129,7 +142,9 @@ def format_probe(r: Dict[str, Any]) -> str:
     per = ", ".join(f"{k} {v:.2f}" for k, v in r.get("per_ratio", {}).items())
     return (f"probe ({r['photos']} held-out photos, leave-one-photo-out, {r['n_test']} patches): ratio "
             f"accuracy {r['ratio_acc']:.3f} vs chance {r['ratio_chance']:.3f} ({ratio:.1f}x) [per ratio: {per}]; "
-            f"phase accuracy per ratio: {phases}")
+            f"phase accuracy per ratio: {phases}"
+            + (f"; untrained encoder of the same architecture: ratio accuracy {r['untrained']['ratio_acc']:.3f} "
+               f"({r['untrained']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "untrained" in r else ""))
 
 
 def main(argv=None) -> Dict[str, Any]:
@@ -156,7 +171,6 @@ def main(argv=None) -> Dict[str, Any]:
             cfg["probe"]["patches"] = args.patches
         if not cfg["probe"].get("images"):
             raise ValueError("--images: the checkpoint names no probe.images; give a folder of held-out photos")
-        cfg["probe"].setdefault("seed", cfg["probe"].pop("split_seed", 0))
         report = run_probe(encoder, cfg, device)
         print(format_probe(report), flush=True)
         return report
