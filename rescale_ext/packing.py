@@ -22,7 +22,9 @@ def pack_windows(windows: Sequence, pin_memory: bool = False) -> Tuple[torch.Ten
         total += int(w.shape[0]) * int(w.shape[1]) * 3
     pixels = torch.empty(total, dtype=torch.uint8, pin_memory=pin_memory)
     for i, w in enumerate(windows):
-        t = torch.from_numpy(np.ascontiguousarray(w)) if isinstance(w, np.ndarray) else w.contiguous()
-        o = int(offsets[i])
-        pixels[o:o + t.numel()] = t.reshape(-1)
+        o, n = int(offsets[i]), int(sizes[i, 0] * sizes[i, 1] * 3)
+        if isinstance(w, np.ndarray):  # copied through numpy: read-only arrays (PIL's) are fine
+            pixels[o:o + n].numpy()[:] = w.reshape(-1)
+        else:
+            pixels[o:o + n] = w.contiguous().reshape(-1)
     return pixels, offsets, sizes
