@@ -116,9 +116,10 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
 def run_probe(encoder, cfg: Dict[str, Any], device) -> Dict[str, Any]:
     """The probe of a pre-training config (probe.images, the run's ratios, patch and normalisation).
 
-    With probe.baseline (default), the same probe of a freshly initialised encoder of the same
-    architecture (seeded with the run's seed) is reported beside it as "untrained": the fixed input
-    filter and a random network already see some of the trace, and this is the bar to beat."""
+    With probe.baseline (default), the same probe of the encoder as pre-training started from (same
+    architecture, initialised with the run's seed, or model.weights when given) is reported beside
+    it as "initial": the fixed input filter and a random network already see some of the trace, and
+    that is the bar pre-training has to clear."""
     from .models import encoder_from_config
     from .pretrain import op_normalization
 
@@ -132,7 +133,7 @@ def run_probe(encoder, cfg: Dict[str, Any], device) -> Dict[str, Any]:
             torch.manual_seed(cfg.get("seed", 0))
             fresh = encoder_from_config(cfg["model"]).to(device)
         base = probe_encoder(fresh, *args)
-        report["untrained"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"]}
+        report["initial"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"]}
     return report
 
 
@@ -143,19 +144,19 @@ def format_probe(r: Dict[str, Any]) -> str:
     return (f"probe ({r['photos']} held-out photos, leave-one-photo-out, {r['n_test']} patches): ratio "
             f"accuracy {r['ratio_acc']:.3f} vs chance {r['ratio_chance']:.3f} ({ratio:.1f}x) [per ratio: {per}]; "
             f"phase accuracy per ratio: {phases}"
-            + (f"; untrained encoder of the same architecture: ratio accuracy {r['untrained']['ratio_acc']:.3f} "
-               f"({r['untrained']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "untrained" in r else ""))
+            + (f"; the encoder before pre-training: ratio accuracy {r['initial']['ratio_acc']:.3f} "
+               f"({r['initial']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "initial" in r else ""))
 
 
 def main(argv=None) -> Dict[str, Any]:
-    """python -m fitgap.probe --ckpt runs/<name>/checkpoint.pt [--images DIR] [overrides of probe.*]"""
+    """python -m fitgap.probe --ckpt runs/<name>/checkpoint.pt [--images DIR] [--patches N]"""
     import argparse
 
     from .cli import run_main
     from .detector import load_encoder
 
     p = argparse.ArgumentParser(description="Linear probe of a pre-trained encoder (ratio and phase).")
-    p.add_argument("--ckpt", required=True, help="a pre-training (or detector) checkpoint")
+    p.add_argument("--ckpt", required=True, help="a pre-training checkpoint (its config gives ratios and patch)")
     p.add_argument("--images", help="held-out photos (default: the checkpoint's probe.images)")
     p.add_argument("--patches", type=int, help="patches per photo and ratio")
     p.add_argument("--device", default="cpu")
@@ -164,6 +165,8 @@ def main(argv=None) -> Dict[str, Any]:
     def go():
         device = torch.device(args.device)
         encoder, cfg = load_encoder(args.ckpt, device)
+        if "ratios" not in cfg or "plan" not in cfg:
+            raise ValueError(f"--ckpt: {args.ckpt} is not a pre-training checkpoint (no ratios/plan in its config)")
         cfg = dict(cfg, probe=dict(cfg.get("probe", {})))
         if args.images:
             cfg["probe"]["images"] = args.images

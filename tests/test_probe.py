@@ -94,7 +94,14 @@ def test_probe_command_reads_a_pretraining_checkpoint(tmp_path, capsys):
     report = main(["--ckpt", path, "--images", folder, "--patches", "3"])
     assert report["photos"] == 3 and report["n_test"] == 3 * 2 * 3
     assert 0.0 <= report["ratio_acc"] <= 1.0 and report["ratio_chance"] == 0.5
-    assert 0.0 <= report["untrained"]["ratio_acc"] <= 1.0  # the untrained baseline of the same model
+    assert 0.0 <= report["initial"]["ratio_acc"] <= 1.0  # the encoder as pre-training started
     assert "probe (3 held-out photos, leave-one-photo-out, 18 patches)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--ckpt", path])  # no probe.images in the checkpoint and no --images
+    assert "--images" in capsys.readouterr().err
+    detector = str(tmp_path / "detector.pt")
+    torch.save({"model": model.state_dict(), "config": {"model": cfg["model"], "normalize": cfg["normalize"]}},
+               detector)
+    with pytest.raises(SystemExit):
+        main(["--ckpt", detector, "--images", folder])
+    assert "not a pre-training checkpoint" in capsys.readouterr().err
