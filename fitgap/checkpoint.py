@@ -89,21 +89,30 @@ def _changed(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List
     return keys
 
 
+def _check_same(saved: Dict[str, Any], path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
+    old = saved.get("config", {})
+    changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
+    if changed:
+        from .config import ConfigError
+
+        raise ConfigError(f"{', '.join(changed)}: differ from {path}, which this run would resume; "
+                          f"choose another name= or remove {os.path.dirname(path)} to start afresh")
+
+
+def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
+    """Before a run writes anything: if `path` exists, the config sections named in `same` must equal
+    those it was written with (a run whose model or task changed cannot continue from it)."""
+    if os.path.exists(path):
+        _check_same(load(path), path, cfg, same)
+
+
 def restore_training(path: str, model, optimizer, scaler, cfg: Optional[Dict[str, Any]] = None,
                      same: Sequence[str] = ()) -> Dict[str, Any]:
     """Load what save_training wrote into model/optimizer/scaler and the RNGs; returns the dict.
-
-    The config sections named in `same` must equal those the checkpoint was written with: a run whose
-    model or task changed cannot continue from it (ConfigError naming the keys, nothing loaded)."""
+    With `cfg` and `same`, the check of check_resumable comes first (ConfigError, nothing loaded)."""
     saved = load(path)
     if cfg is not None and same:
-        old = saved.get("config", {})
-        changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
-        if changed:
-            from .config import ConfigError
-
-            raise ConfigError(f"{', '.join(changed)}: differ from {path}, which this run would resume; "
-                              f"choose another name= or remove {os.path.dirname(path)} to start afresh")
+        _check_same(saved, path, cfg, same)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

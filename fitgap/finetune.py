@@ -117,6 +117,10 @@ def build_model(cfg: Dict[str, Any]) -> Detector:
     return model
 
 
+# what a resumed run must share with its checkpoint
+RESUME_SAME = ("model", "mode", "normalize", "patch")
+
+
 def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Take the encoder description and normalisation from the pre-training checkpoint."""
     if cfg["init"]:
@@ -170,6 +174,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     cfg = resolve_config(cfg)
     train_items, val_subsets = build_data(cfg)
     run_dir = os.path.join(cfg["out_dir"], cfg["name"])
+    ckpt.check_resumable(os.path.join(run_dir, "last.pt"), cfg, RESUME_SAME)
     if info.is_main:
         os.makedirs(run_dir, exist_ok=True)
         print(C.dump(cfg), flush=True)
@@ -204,8 +209,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
     if os.path.exists(last):
-        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler, cfg,
-                                      ("model", "mode", "normalize", "patch"))
+        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler, cfg, RESUME_SAME)
         state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
         if info.is_main:
             log.truncate_after(state["step"])

@@ -174,6 +174,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     info = D.init(cfg["device"])
     spec = build_spec(cfg, info.world_size)
     run_dir = os.path.join(cfg["out_dir"], cfg["name"])
+    ckpt.check_resumable(os.path.join(run_dir, "checkpoint.pt"), cfg, RESUME_SAME)
     if info.is_main:
         os.makedirs(run_dir, exist_ok=True)
         print(C.dump(cfg), flush=True)

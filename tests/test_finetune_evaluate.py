@@ -51,11 +51,12 @@ def pretrained(tmp_path_factory):
     return path
 
 
-def run(args, timeout=300):
+def run(args, timeout=300, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=timeout)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    if check:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
 
@@ -87,6 +88,12 @@ def test_full_finetune_changes_encoder_and_resumes(tree, pretrained, tmp_path):
     r = run(args + ["train.epochs=3"])
     assert "resumed from" in r.stdout
     assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["epoch"] == 2
+    # the same name in another mode is refused before anything is written
+    cfg_file = tmp_path / "full" / "config.yaml"
+    before = cfg_file.read_text()
+    r = run(args + ["mode=linear", "train.epochs=4"], check=False)
+    assert r.returncode == 2 and "mode: differ from" in r.stderr, r.stderr[-2000:]
+    assert cfg_file.read_text() == before
 
 
 def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path):

@@ -95,10 +95,11 @@ def test_kill_and_resume_matches_uninterrupted_run(images, tmp_path):
     r = run_cmd(common + ["name=killed"], timeout=300)
     assert r.returncode == 0 and sorted(losses(read_log(os.path.join(out, "killed", "log.jsonl")))) == list(range(1, 29))
     # the same run name with another ratio set is refused, and the checkpoint is left as it was
-    before = os.path.getmtime(ck)
+    cfg_file = os.path.join(out, "killed", "config.yaml")
+    before = (os.path.getmtime(ck), open(cfg_file).read())
     r = run_cmd(common + ["name=killed", "ratios.list=[3/2, 4/3]", "train.epochs=3"], timeout=300)
     assert r.returncode == 2 and "ratios.list: differ from" in r.stderr, r.stderr[-2000:]
-    assert os.path.getmtime(ck) == before
+    assert (os.path.getmtime(ck), open(cfg_file).read()) == before
 
 
 @pytest.mark.slow
