@@ -89,8 +89,12 @@ def _changed(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List
     return keys
 
 
-def _check_same(saved: Dict[str, Any], path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
-    old = saved.get("config", {})
+def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
+    """Before a run writes anything: if `path` exists, the config sections named in `same` must equal
+    those it was written with (a run whose model or task changed cannot continue from it)."""
+    if not os.path.exists(path):
+        return
+    old = load(path).get("config", {})
     changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
     if changed:
         from .config import ConfigError
@@ -99,20 +103,10 @@ def _check_same(saved: Dict[str, Any], path: str, cfg: Dict[str, Any], same: Seq
                           f"choose another name= or remove {os.path.dirname(path)} to start afresh")
 
 
-def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
-    """Before a run writes anything: if `path` exists, the config sections named in `same` must equal
-    those it was written with (a run whose model or task changed cannot continue from it)."""
-    if os.path.exists(path):
-        _check_same(load(path), path, cfg, same)
-
-
-def restore_training(path: str, model, optimizer, scaler, cfg: Optional[Dict[str, Any]] = None,
-                     same: Sequence[str] = ()) -> Dict[str, Any]:
+def restore_training(path: str, model, optimizer, scaler) -> Dict[str, Any]:
     """Load what save_training wrote into model/optimizer/scaler and the RNGs; returns the dict.
-    With `cfg` and `same`, the check of check_resumable comes first (ConfigError, nothing loaded)."""
+    (Runs call check_resumable on the same path before they write anything.)"""
     saved = load(path)
-    if cfg is not None and same:
-        _check_same(saved, path, cfg, same)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

@@ -25,7 +25,7 @@ from .models import Detector, encoder_from_config
 from .optim import amp_context, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 from .pretrain import IMAGENET_MEAN, IMAGENET_STD
-from .runlog import JsonlLog, cosine_schedule
+from .runlog import JsonlLog, cosine_schedule, start_run
 
 DEFAULTS: Dict[str, Any] = {
     "name": "finetune",
@@ -173,14 +173,9 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     check(cfg, info.world_size)
     cfg = resolve_config(cfg)
     train_items, val_subsets = build_data(cfg)
-    run_dir = os.path.join(cfg["out_dir"], cfg["name"])
-    ckpt.check_resumable(os.path.join(run_dir, "last.pt"), cfg, RESUME_SAME)
-    if info.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        print(C.dump(cfg), flush=True)
-        print(f"{len(train_items)} training images ({cfg['mode']}, init {cfg['init'] or 'scratch'}); "
-              f"validation: {', '.join(f'{s.name} ({len(s.items)})' for s in val_subsets)}", flush=True)
-        C.save(cfg, os.path.join(run_dir, "config.yaml"))
+    run_dir = start_run(cfg, info.is_main, "last.pt", RESUME_SAME,
+                        f"{len(train_items)} training images ({cfg['mode']}, init {cfg['init'] or 'scratch'}); "
+                        f"validation: {', '.join(f'{s.name} ({len(s.items)})' for s in val_subsets)}")
     torch.manual_seed(cfg["seed"])
     t, o = cfg["train"], cfg["optim"]
     model = D.place_model(build_model(cfg), info, t["sync_bn"], t["channels_last"])
@@ -209,7 +204,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
     if os.path.exists(last):
-        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler, cfg, RESUME_SAME)
+        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler)
         state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
         if info.is_main:
             log.truncate_after(state["step"])

@@ -22,7 +22,7 @@ from .models import ContrastiveModel, encoder_from_config
 from .optim import amp_context, optimizer_step, set_lr
 from .plan import PlanSpec, max_window
 from .ratios import format_ratio, ratios_from_config
-from .runlog import JsonlLog, cosine_schedule
+from .runlog import JsonlLog, cosine_schedule, start_run
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -173,15 +173,10 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
 def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     info = D.init(cfg["device"])
     spec = build_spec(cfg, info.world_size)
-    run_dir = os.path.join(cfg["out_dir"], cfg["name"])
-    ckpt.check_resumable(os.path.join(run_dir, "checkpoint.pt"), cfg, RESUME_SAME)
-    if info.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        print(C.dump(cfg), flush=True)
-        print(f"ratios: {', '.join(format_ratio(r) for r in spec.ratios)}; {spec.images} images x "
-              f"{spec.patches_per_image} patches per rank; {spec.num_classes} classes; largest window "
-              f"{max_window(spec)} px; world size {info.world_size} on {info.device}", flush=True)
-        C.save(cfg, os.path.join(run_dir, "config.yaml"))
+    run_dir = start_run(cfg, info.is_main, "checkpoint.pt", RESUME_SAME,
+                        f"ratios: {', '.join(format_ratio(r) for r in spec.ratios)}; {spec.images} images x "
+                        f"{spec.patches_per_image} patches per rank; {spec.num_classes} classes; largest "
+                        f"window {max_window(spec)} px; world size {info.world_size} on {info.device}")
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     t = cfg["train"]
@@ -208,7 +203,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     resume_path = os.path.join(run_dir, "checkpoint.pt")
     if os.path.exists(resume_path):
-        saved = ckpt.restore_training(resume_path, model_without_ddp, optimizer, scaler, cfg, RESUME_SAME)
+        saved = ckpt.restore_training(resume_path, model_without_ddp, optimizer, scaler)
         state = {"step": saved["step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"]}
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1

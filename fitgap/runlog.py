@@ -4,9 +4,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List
+from typing import Any, Dict, List, Sequence
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, check_resumable
+
+
+def start_run(cfg: Dict[str, Any], is_main: bool, checkpoint: str, same: Sequence[str], summary: str) -> str:
+    """The run folder runs/<name>: refuse a checkpoint there that another model or task wrote (before
+    anything is written), then on the main rank print the resolved config and `summary` and save
+    config.yaml. Returns the folder."""
+    from . import config as C
+
+    run_dir = os.path.join(cfg["out_dir"], cfg["name"])
+    check_resumable(os.path.join(run_dir, checkpoint), cfg, same)
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        print(C.dump(cfg), flush=True)
+        print(summary, flush=True)
+        C.save(cfg, os.path.join(run_dir, "config.yaml"))
+    return run_dir
 
 
 def cosine_schedule(base: float, total_steps: int, warmup_steps: int, min_value: float = 0.0) -> List[float]:

@@ -112,8 +112,10 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
         model.weight.zero_()
     changed = {"model": {"backbone": "b", "dim": 2}, "train": {"epochs": 5}}
     with pytest.raises(ConfigError, match=r"model.backbone: differ from .*checkpoint.pt.*another name="):
-        ckpt.restore_training(path, model, opt, scaler, changed, ("model",))
+        ckpt.check_resumable(path, changed, ("model",))
     assert model.weight.abs().sum() == 0  # nothing was loaded
     # other sections (a longer schedule) may change
-    saved = ckpt.restore_training(path, model, opt, scaler, dict(cfg, train={"epochs": 5}), ("model",))
+    ckpt.check_resumable(path, dict(cfg, train={"epochs": 5}), ("model",))
+    saved = ckpt.restore_training(path, model, opt, scaler)
     assert saved["step"] == 3 and torch.equal(model.weight, weight)
+    ckpt.check_resumable(str(tmp_path / "absent.pt"), changed, ("model",))  # nothing to resume
