@@ -5,6 +5,13 @@
     genimage     <gen>/[<inner>/]{train,val}/{ai,nature}  ai = fake; also {0_real,1_fake} in place of ai/nature
     folder       any tree of 0_real/1_fake pairs; the subset is the pair's parent folder
     mini         the embedded mini-benchmark (fitgap.minibench), the `folder` layout
+    wildrf       {train,val}/{0_real,1_fake}; test/{reddit,twitter,facebook}/{0_real,1_fake}
+    ufd          UniversalFakeDetect's diffusion set: <name>/{0_real,1_fake} for guided, ldm_*, glide_*,
+                 dalle; a <name> with 1_fake alone takes its reals from imagenet/ (guided) or laion/
+    synthbuster  <generator>/*.png fakes; the real photos (RAISE) in a separate folder, --real-root
+    chameleon    [test/]{0_real,1_fake}
+    csv          a CSV file `path,label[,subset]` (label 0/1 or real/fake; relative paths against the
+                 CSV's folder; a header line is optional)
 
 A subset the benchmark expects but the root lacks, or that holds no image, is reported as missing or
 empty, never silently dropped.
@@ -21,7 +28,12 @@ SELFSYNTH = ["AttGAN", "BEGAN", "CramerGAN", "InfoMaxGAN", "MMDGAN", "RelGAN", "
 FORENSYNTHS = ["progan", "stylegan", "stylegan2", "biggan", "cyclegan", "stargan", "gaugan", "deepfake"]
 GENIMAGE = ["ADM", "BigGAN", "glide", "Midjourney", "stable_diffusion_v_1_4", "stable_diffusion_v_1_5",
             "VQDM", "wukong"]
-BENCHES = ("forensynths", "selfsynth", "genimage", "folder", "mini")
+UFD = ["guided", "ldm_200", "ldm_200_cfg", "ldm_100", "glide_100_27", "glide_50_27", "glide_100_10", "dalle"]
+SYNTHBUSTER = ["dalle2", "dalle3", "firefly", "glide", "midjourney-v5", "stable-diffusion-1-3",
+               "stable-diffusion-1-4", "stable-diffusion-2", "stable-diffusion-xl"]
+WILDRF = ["reddit", "twitter", "facebook"]
+BENCHES = ("forensynths", "selfsynth", "genimage", "folder", "mini", "wildrf", "ufd", "synthbuster", "chameleon",
+           "csv")
 
 
 @dataclass
@@ -136,9 +148,96 @@ def folder(root: str) -> List[Subset]:
     return out
 
 
-def load_benchmark(name: str, root: Optional[str] = None, split: str = "val",
-                   subsets: Optional[List[str]] = None) -> List[Subset]:
-    """Discover a benchmark's subsets; `subsets` keeps only those names (in that order)."""
+def wildrf(root: str, split: str = "test") -> List[Subset]:
+    if split == "test":
+        base = os.path.join(root, "test")
+        return [_finish(n, _pair(os.path.join(base, n)), _has_pair(os.path.join(base, n)))
+                for n in _ordered_names(base, WILDRF)] if os.path.isdir(base) else \
+            [Subset(n, [], "missing") for n in WILDRF]
+    folder_ = os.path.join(root, split)
+    return [_finish(split, _pair(folder_), _has_pair(folder_))]
+
+
+def ufd(root: str) -> List[Subset]:
+    """UniversalFakeDetect's diffusion_datasets: each generator's fakes, with its own 0_real if it has
+    one, else the reals the original evaluation pairs it with (imagenet/ for guided, laion/ otherwise)."""
+    out = []
+    for name in _ordered_names(root, UFD):
+        if name in ("imagenet", "laion"):
+            continue
+        folder_ = os.path.join(root, name)
+        if not _has_pair(folder_):
+            out.append(Subset(name, [], "missing"))
+            continue
+        items = _pair(folder_)
+        if not os.path.isdir(os.path.join(folder_, "0_real")):
+            real_from = os.path.join(root, "imagenet" if name.startswith("guided") else "laion", "0_real")
+            items = [(p, 0) for p in _images(real_from)] + items
+        out.append(_finish(name, items, True))
+    return out
+
+
+def synthbuster(root: str, real_root: Optional[str]) -> List[Subset]:
+    """Synthbuster: every generator folder's images are fakes; the same real photos (RAISE-1k, given
+    by --real-root) are the reals of every subset."""
+    if not real_root or not os.path.isdir(real_root):
+        raise FileNotFoundError(f"--real-root: {real_root!r} is not a folder (synthbuster keeps its real "
+                                "photos, RAISE-1k, apart from the generators)")
+    reals = [(p, 0) for p in _images(real_root)]
+    if not reals:
+        raise FileNotFoundError(f"--real-root: no images under {real_root!r}")
+    real_abs = os.path.abspath(real_root)
+    out = []
+    for name in _ordered_names(root, SYNTHBUSTER):
+        folder_ = os.path.join(root, name)
+        if os.path.abspath(folder_) == real_abs:
+            continue
+        if not os.path.isdir(folder_):
+            out.append(Subset(name, [], "missing"))
+            continue
+        fakes = [(p, 1) for p in _images(folder_)]
+        out.append(_finish(name, reals + fakes if fakes else [], True))
+    return out
+
+
+def chameleon(root: str) -> List[Subset]:
+    folder_ = os.path.join(root, "test") if os.path.isdir(os.path.join(root, "test")) else root
+    return [_finish("chameleon", _pair(folder_), _has_pair(folder_))]
+
+
+CSV_LABELS = {"0": 0, "1": 1, "real": 0, "fake": 1}
+
+
+def csv_list(path: str) -> List[Subset]:
+    """`path,label[,subset]` rows; relative paths against the CSV's folder. Every row is checked
+    before anything is scored: a bad label or a missing column names the line."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--root: {path!r} is not a CSV file (bench csv)")
+    base = os.path.dirname(os.path.abspath(path))
+    groups: Dict[str, List[Tuple[str, int]]] = {}
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            row = [c.strip() for c in row]
+            if not row or not row[0] or row[0].startswith("#"):
+                continue
+            if n == 1 and row[0].lower() in ("path", "file", "filename", "image"):
+                continue  # header
+            if len(row) < 2 or row[1].lower() not in CSV_LABELS:
+                raise ValueError(f"{path}:{n}: expected path,label[,subset] with label 0/1 or real/fake, got {row}")
+            p = row[0] if os.path.isabs(row[0]) else os.path.join(base, row[0])
+            groups.setdefault(row[2] if len(row) > 2 and row[2] else "all", []).append((p, CSV_LABELS[row[1].lower()]))
+    if not groups:
+        raise ValueError(f"{path}: no rows")
+    return [Subset(name, sorted(items, key=lambda t: t[1])) for name, items in groups.items()]
+
+
+def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] = None,
+                   subsets: Optional[List[str]] = None, real_root: Optional[str] = None) -> List[Subset]:
+    """Discover a benchmark's subsets; `subsets` keeps only those names (in that order). `split`
+    (genimage: train/val, default val; mini: train/test, default test; wildrf: train/val/test, default
+    test) is ignored by the other layouts."""
     if name not in BENCHES:
         raise ValueError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
     if name == "mini":
@@ -146,11 +245,16 @@ def load_benchmark(name: str, root: Optional[str] = None, split: str = "val",
 
         root = os.path.join(ensure_minibench(root), split if split in ("train", "test") else "test")
         found = folder(root)
+    elif name == "csv":
+        found = csv_list(root or "")
     else:
         if not root or not os.path.isdir(root):
             raise FileNotFoundError(f"--root: {root!r} is not a folder (benchmark {name})")
-        found = {"forensynths": forensynths, "selfsynth": selfsynth, "folder": folder}.get(
-            name, lambda r: genimage(r, split))(root)
+        readers = {"forensynths": forensynths, "selfsynth": selfsynth, "folder": folder, "ufd": ufd,
+                   "chameleon": chameleon, "genimage": lambda r: genimage(r, split or "val"),
+                   "wildrf": lambda r: wildrf(r, split or "test"),
+                   "synthbuster": lambda r: synthbuster(r, real_root)}
+        found = readers[name](root)
     if subsets:
         by = {s.name: s for s in found}
         found = [by.get(n, Subset(n, [], "missing")) for n in subsets]

@@ -102,3 +102,115 @@ def test_mean_row_is_unweighted_and_skips_undefined():
             {"acc": 0.0, "real_acc": 0.0, "fake_acc": 0.0, "ap": 0.5}]
     m = mean_row(rows)
     assert m["acc"] == pytest.approx(0.5) and m["ap"] == pytest.approx(0.75) and m["ap_subsets"] == 2
+
+
+# --- threshold-free metrics, calibration, fitted threshold ----------------------------------------
+
+def test_new_metrics_against_sklearn_and_hand_computed():
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from fitgap.metrics import ece, eer, tpr_at_fpr
+
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]
+    m = subset_metrics(labels, scores)
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert m["bal_acc"] == pytest.approx(balanced_accuracy_score(labels, [s > 0.5 for s in scores]))
+    # at t = 0.6 one real is above and one fake below: FPR = FNR = 1/4
+    assert m["eer"] == pytest.approx(0.25) and eer(labels, scores) == pytest.approx(0.25)
+    # with no false positive allowed, the three fakes above every real are found
+    assert m["tpr_at_fpr1"] == pytest.approx(0.75) and tpr_at_fpr(labels, scores, 0.25) == pytest.approx(1.0)
+    assert eer([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == pytest.approx(0.0)
+    # ECE by hand: bins of 0.05, 0.95, 0.55, 0.45 hold one image each: |0-.05|, |1-.95|, |1-.55|, |0-.45|
+    assert ece([0, 1, 1, 0], [0.05, 0.95, 0.55, 0.45]) == pytest.approx((0.05 + 0.05 + 0.45 + 0.45) / 4)
+    assert ece([0, 1], [0.0, 1.0]) == pytest.approx(0.0)
+
+
+def test_fitted_threshold_is_reported_beside_half():
+    from fitgap.metrics import fit_threshold
+
+    labels, scores = [0, 0, 1, 1], [0.6, 0.7, 0.8, 0.9]
+    t = fit_threshold(labels, scores)
+    assert 0.7 < t < 0.8
+    m = subset_metrics(labels, scores, fitted_threshold=t)
+    assert m["acc"] == pytest.approx(0.5) and m["real_acc"] == 0.0  # every real is called fake at 0.5
+    assert m["acc_t"] == 1.0 and m["bal_acc_t"] == 1.0 and m["threshold"] == t
+    with pytest.raises(ValueError, match="real and fake"):
+        fit_threshold([1, 1], [0.2, 0.3])
+
+
+def test_threshold_from_evaluation_folder_and_json(tmp_path):
+    from fitgap.evaluate import load_threshold
+
+    (tmp_path / "scores.csv").write_text("subset,path,label,p_fake,error\na,x,0,0.6,\na,y,0,0.7,\n"
+                                         "a,z,1,0.8,\na,w,1,0.9,\na,v,1,,unreadable\n")
+    t, src = load_threshold(str(tmp_path))
+    assert 0.7 < t < 0.8 and "scores.csv" in src
+    (tmp_path / "results.json").write_text('{"rows": [], "threshold": null}')
+    assert load_threshold(str(tmp_path / "results.json"))[0] == t
+    (tmp_path / "t.json").write_text('{"threshold": 0.3}')
+    assert load_threshold(str(tmp_path / "t.json")) == (0.3, str(tmp_path / "t.json"))
+    with pytest.raises(FileNotFoundError, match="--threshold-from"):
+        load_threshold(str(tmp_path / "nope"))
+
+
+# --- the layouts of 2026's benchmarks -------------------------------------------------------------
+
+def test_wildrf_layout(tmp_path):
+    for site in ("reddit", "twitter"):
+        touch_images(tmp_path / "test" / site / "0_real", 2)
+        touch_images(tmp_path / "test" / site / "1_fake", 3)
+    touch_images(tmp_path / "train" / "0_real", 4)
+    touch_images(tmp_path / "train" / "1_fake", 1)
+    by = {s.name: s for s in load_benchmark("wildrf", str(tmp_path))}
+    assert list(by) == ["reddit", "twitter", "facebook"]
+    assert by["reddit"].counts == {"real": 2, "fake": 3} and by["facebook"].status == "missing"
+    train = load_benchmark("wildrf", str(tmp_path), split="train")
+    assert [(s.name, s.counts) for s in train] == [("train", {"real": 4, "fake": 1})]
+
+
+def test_ufd_diffusion_layout_borrows_paired_reals(tmp_path):
+    touch_images(tmp_path / "guided" / "1_fake", 3)
+    touch_images(tmp_path / "imagenet" / "0_real", 2)
+    touch_images(tmp_path / "ldm_200" / "1_fake", 1)
+    touch_images(tmp_path / "laion" / "0_real", 5)
+    touch_images(tmp_path / "dalle" / "0_real", 1)
+    touch_images(tmp_path / "dalle" / "1_fake", 1)
+    by = {s.name: s for s in load_benchmark("ufd", str(tmp_path))}
+    assert "imagenet" not in by and "laion" not in by
+    assert by["guided"].counts == {"real": 2, "fake": 3}
+    assert all("imagenet" in p for p, y in by["guided"].items if y == 0)
+    assert by["ldm_200"].counts == {"real": 5, "fake": 1} and by["dalle"].counts == {"real": 1, "fake": 1}
+    assert by["glide_100_27"].status == "missing"
+
+
+def test_synthbuster_needs_and_shares_the_real_root(tmp_path):
+    touch_images(tmp_path / "synth" / "dalle3", 3)
+    touch_images(tmp_path / "synth" / "firefly", 2)
+    touch_images(tmp_path / "raise", 4)
+    with pytest.raises(FileNotFoundError, match="--real-root"):
+        load_benchmark("synthbuster", str(tmp_path / "synth"))
+    by = {s.name: s for s in load_benchmark("synthbuster", str(tmp_path / "synth"), real_root=str(tmp_path / "raise"))}
+    assert by["dalle3"].counts == {"real": 4, "fake": 3} and by["firefly"].counts == {"real": 4, "fake": 2}
+    assert by["midjourney-v5"].status == "missing"
+
+
+def test_chameleon_layout(tmp_path):
+    touch_images(tmp_path / "test" / "0_real", 3)
+    touch_images(tmp_path / "test" / "1_fake", 2)
+    (s,) = load_benchmark("chameleon", str(tmp_path))
+    assert s.name == "chameleon" and s.counts == {"real": 3, "fake": 2}
+
+
+def test_csv_list_relative_paths_subsets_and_bad_rows(tmp_path):
+    touch_images(tmp_path / "imgs", 3)
+    (tmp_path / "list.csv").write_text("path,label,subset\nimgs/0.png,0,a\nimgs/1.png,fake,a\nimgs/2.png,1,b\n")
+    by = {s.name: s for s in load_benchmark("csv", str(tmp_path / "list.csv"))}
+    assert by["a"].counts == {"real": 1, "fake": 1} and by["b"].counts == {"real": 0, "fake": 1}
+    assert by["a"].items[0][0] == os.path.join(str(tmp_path), "imgs/0.png")
+    (tmp_path / "nosub.csv").write_text("imgs/0.png,real\nimgs/1.png,1\n")
+    (s,) = load_benchmark("csv", str(tmp_path / "nosub.csv"))
+    assert s.name == "all" and s.counts == {"real": 1, "fake": 1}
+    (tmp_path / "bad.csv").write_text("imgs/0.png,0\nimgs/1.png,maybe\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2"):
+        load_benchmark("csv", str(tmp_path / "bad.csv"))
