@@ -1,0 +1,94 @@
+"""Dataset audit: JPEG quality estimates, sizes, and the metadata-only shortcut flag."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from fitgap.audit import audit, describe, jpeg_quality, read_header
+from fitgap.benchmarks import load_benchmark
+
+from imaging import smooth_noise
+
+
+@pytest.mark.parametrize("quality", [20, 50, 75, 90, 95, 100])
+def test_jpeg_quality_estimate_pil_and_opencv(tmp_path, quality):
+    img = smooth_noise(64, 80, quality)
+    p1, p2, p3 = tmp_path / "pil.jpg", tmp_path / "cv.jpg", tmp_path / "pil444.jpg"
+    Image.fromarray(img).save(p1, quality=quality)
+    Image.fromarray(img).save(p3, quality=quality, subsampling=0)
+    cv2.imwrite(str(p2), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    for p in (p1, p2, p3):
+        rec = read_header(str(p))
+        assert abs(rec["jpeg_quality"] - quality) <= 3, (p, rec)
+        assert rec["format"] == "JPEG" and (rec["width"], rec["height"]) == (80, 64)
+    assert read_header(str(p1))["subsampling"] == "4:2:0" and read_header(str(p3))["subsampling"] == "4:4:4"
+
+
+def test_jpeg_quality_of_non_standard_tables_is_nearest_not_exact():
+    tables = {0: [2] * 64, 1: [3] * 64}
+    est = jpeg_quality(tables)
+    assert not est["exact"] and 90 <= est["quality"] <= 100
+    assert jpeg_quality({})["quality"] is None
+
+
+def test_headers_sizes_exif_and_unreadable(tmp_path):
+    img = smooth_noise(64, 256, 1)
+    exif = Image.Exif()
+    exif[0x010F] = "camera maker"
+    Image.fromarray(img).save(tmp_path / "a.jpg", quality=90, exif=exif)
+    Image.fromarray(img[:, :200]).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    recs = [read_header(str(tmp_path / n)) for n in ("a.jpg", "b.png", "c.jpg")]
+    assert recs[0]["exif"] and not recs[1]["exif"] and "error" in recs[2]
+    d = describe(recs)
+    assert d["n"] == 3 and d["unreadable"] == 1 and d["formats"] == {"JPEG": 1, "PNG": 1}
+    assert d["min_side"] == 64 and d["max_side"] == 256 and d["distinct_sizes"] == 2
+    # sides: 256, 64 (both multiples of 8 and 64), 200 (of 8 only), 64
+    assert d["multiple_of"] == {"8": 1.0, "64": 0.75, "256": 0.25}
+    assert d["exif"] == 0.5
+
+
+def make_tree(root, real_fmt, fake_fmt, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    for label, fmt in (("0_real", real_fmt), ("1_fake", fake_fmt)):
+        d = os.path.join(root, "gen", label)
+        os.makedirs(d)
+        for i in range(n):
+            if label == "0_real" and fmt == "jpg":  # reals as in the wild: resized, various sizes, JPEG q75
+                h, w = int(rng.integers(60, 90)), int(rng.integers(60, 90))
+            else:
+                h, w = 64, 64
+            Image.fromarray(smooth_noise(h, w, 100 * (label == "1_fake") + i)).save(
+                os.path.join(d, f"{i}.{fmt}"), **({"quality": 75} if fmt == "jpg" else {}))
+
+
+def test_shortcut_flagged_when_format_and_size_separate_classes(tmp_path):
+    make_tree(str(tmp_path), "jpg", "png")
+    res = audit(load_benchmark("folder", str(tmp_path)))
+    s = res["subsets"]["gen"]
+    assert s["metadata_ap"] >= 0.9 and s["shortcut"] and res["flagged"] == ["gen"]
+    assert s["real"]["formats"] == {"JPEG": 12} and s["fake"]["formats"] == {"PNG": 12}
+    assert abs(s["real"]["jpeg_quality"]["mean"] - 75) <= 3
+
+
+def test_no_flag_when_both_classes_are_png_of_one_size(tmp_path):
+    make_tree(str(tmp_path), "png", "png")
+    res = audit(load_benchmark("folder", str(tmp_path)))
+    s = res["subsets"]["gen"]
+    assert s["metadata_ap"] < 0.9 and not s["shortcut"] and res["flagged"] == []
+
+
+def test_audit_cli_writes_json_and_markdown(tmp_path):
+    from fitgap.audit import main
+
+    make_tree(str(tmp_path / "bench"), "jpg", "png")
+    (tmp_path / "bench" / "gen" / "1_fake" / "broken.png").write_bytes(b"\x89PNG")
+    main(["--bench", "folder", "--root", str(tmp_path / "bench"), "--out", str(tmp_path / "out"), "--workers", "0"])
+    data = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert set(data["subsets"]["gen"]) >= {"metadata_ap", "shortcut", "real", "fake"}
+    assert data["subsets"]["gen"]["fake"]["unreadable"] == 1
+    md = (tmp_path / "out" / "audit.md").read_text()
+    assert "a shortcut exists" in md and "| formats | JPEG 12 | PNG 12 |" in md
