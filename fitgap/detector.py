@@ -1,6 +1,7 @@
 """Detector checkpoints: build, load pre-trained encoders into them, score images."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -38,22 +39,42 @@ def load_detector(path: str, device) -> Tuple[Detector, Dict[str, Any]]:
     return model.to(device).eval(), cfg
 
 
+MAX_CROPS = 64  # crops per forward pass: peak memory does not depend on image size or count
+
+
 @torch.no_grad()
-def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none") -> List[float]:
-    """P(fake) per image from its crops (mean logit over the crops of one image)."""
-    out: List[float] = []
-    shapes = {tuple(c.shape[1:]) for c in crops}
+def score_logits(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS
+                 ) -> List[float]:
+    """Mean logit per image from its crops ([K_i, 3, h, w] each). Crops of one shape are batched across
+    images, at most `max_crops` per forward pass, so an image of thousands of tiles runs in chunks."""
+    sums = [0.0] * len(crops)
+    by_shape: Dict[tuple, List[Tuple[int, torch.Tensor]]] = {}
+    for i, c in enumerate(crops):
+        for k in range(c.shape[0]):
+            by_shape.setdefault(tuple(c.shape[1:]), []).append((i, c[k]))
     with amp_context(amp, device):
-        if len(shapes) == 1:
-            logits = model(torch.cat(crops).to(device)).float().cpu()
-            k = 0
-            for c in crops:
-                out.append(torch.sigmoid(logits[k:k + c.shape[0]].mean()).item())
-                k += c.shape[0]
-        else:
-            for c in crops:
-                out.append(torch.sigmoid(model(c.to(device)).float().mean()).item())
-    return out
+        for group in by_shape.values():
+            for start in range(0, len(group), max_crops):
+                part = group[start:start + max_crops]
+                logits = model(torch.stack([t for _, t in part]).to(device)).float().view(-1).cpu().tolist()
+                for (i, _), v in zip(part, logits):
+                    sums[i] += v
+    return [s / c.shape[0] for s, c in zip(sums, crops)]
+
+
+def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS
+                ) -> List[float]:
+    """P(fake) per image from its crops: sigmoid of the mean logit (NaN stays NaN for the caller)."""
+    return [sigmoid(v) for v in score_logits(model, crops, device, amp, max_crops)]
+
+
+def sigmoid(v: float) -> float:
+    if math.isnan(v):
+        return math.nan
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
 
 
 def load_encoder(path: str, device):

@@ -19,45 +19,115 @@ from torch.utils.data import Dataset
 from .data import ImageError, decode_rgb
 
 
+RESIZE_KERNELS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
+# PIL's filters (antialiased when shrinking: the filter support grows with the scale)
+_PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                "lanczos": Image.LANCZOS, "area": Image.BOX}
+ANTIALIAS_CHOICE = ("bilinear", "bicubic")  # kernels with an antialias switch
+
+
+def resize_array(a: np.ndarray, factor: float, kernel: str = "bilinear", antialias: bool = True) -> np.ndarray:
+    """Resize uint8 HWC by `factor` (output side = round(side * factor), at least 1).
+
+    antialias=True (and nearest, lanczos, area): PIL's convention, `Image.resize` with that filter
+    (area = PIL's BOX, which equals OpenCV's INTER_AREA when shrinking). antialias=False (bilinear,
+    bicubic only): the OpenCV INTER_LINEAR / INTER_CUBIC convention, i.e. torch `F.interpolate` with
+    half-pixel centres, `antialias=False` (bicubic a = -0.75), rounded to the nearest integer."""
+    h, w = a.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if antialias or kernel not in ANTIALIAS_CHOICE:
+        return np.ascontiguousarray(np.asarray(Image.fromarray(a).resize(size, _PIL_FILTERS[kernel])))
+    t = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float()  # a copy: PIL arrays are read-only
+    t = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode=kernel, align_corners=False,
+                                        antialias=False)
+    return np.ascontiguousarray(t[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def encode_decode(a: np.ndarray, fmt: str, quality: Optional[int] = None) -> np.ndarray:
+    """Save as PNG / JPEG / WEBP in memory (PIL's defaults; JPEG 4:2:0) and decode again."""
+    buf = io.BytesIO()
+    kw = {} if quality is None else {"quality": quality}
+    Image.fromarray(a).save(buf, format=fmt, **kw)
+    buf.seek(0)
+    with Image.open(buf) as img:
+        return np.ascontiguousarray(np.asarray(img.convert("RGB")))
+
+
+def parse_reencode(spec: Optional[str]) -> Optional[Tuple[str, Optional[int]]]:
+    """'png' | 'jpeg:Q' | 'webp:Q' -> (PIL format, quality)."""
+    if spec is None:
+        return None
+    fmt, _, q = spec.lower().partition(":")
+    try:
+        if fmt == "png" and not q:
+            return "PNG", None
+        if fmt in ("jpeg", "jpg", "webp") and q and 1 <= int(q) <= 100:
+            return ("JPEG" if fmt != "webp" else "WEBP"), int(q)
+    except ValueError:
+        pass
+    raise ValueError(f"--reencode: png, jpeg:Q or webp:Q with Q in 1..100, got {spec!r}")
+
+
 @dataclass(frozen=True)
 class Perturbation:
+    """Applied to real and fake images alike, in this order: re-encoding of every image into one format
+    (`reencode`), resize, Gaussian blur, JPEG, WebP."""
     jpeg: Optional[int] = None  # quality 1..100
     blur: Optional[float] = None  # Gaussian sigma in pixels
-    resize: Optional[float] = None  # scale factor (bilinear)
+    resize: Optional[float] = None  # scale factor
+    resize_kernel: str = "bilinear"
+    antialias: Optional[bool] = None  # None: the kernel's default (PIL, antialiased)
+    webp: Optional[int] = None  # quality 1..100
+    reencode: Optional[str] = None  # png | jpeg:Q | webp:Q
 
     def check(self) -> None:
         if self.jpeg is not None and not 1 <= self.jpeg <= 100:
             raise ValueError(f"--jpeg: quality must be in 1..100, got {self.jpeg}")
+        if self.webp is not None and not 1 <= self.webp <= 100:
+            raise ValueError(f"--webp: quality must be in 1..100, got {self.webp}")
         if self.blur is not None and self.blur <= 0:
             raise ValueError(f"--blur: sigma must be positive, got {self.blur}")
         if self.resize is not None and self.resize <= 0:
             raise ValueError(f"--resize: factor must be positive, got {self.resize}")
+        if self.resize_kernel not in RESIZE_KERNELS:
+            raise ValueError(f"--resize-kernel: one of {', '.join(RESIZE_KERNELS)}, got {self.resize_kernel!r}")
+        if self.antialias is False and self.resize_kernel not in ANTIALIAS_CHOICE:
+            raise ValueError(f"--antialias off: only {' and '.join(ANTIALIAS_CHOICE)} have the choice, "
+                             f"not {self.resize_kernel}")
+        parse_reencode(self.reencode)
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.jpeg, self.blur, self.resize))
+        return any(v is not None for v in (self.jpeg, self.blur, self.resize, self.webp, self.reencode))
+
+    @property
+    def kernel_name(self) -> str:
+        """e.g. bilinear (antialiased, PIL), bilinear-noaa (OpenCV/torch convention)."""
+        return self.resize_kernel + ("-noaa" if self.antialias is False else "")
 
     def describe(self) -> str:
-        parts = [f"jpeg{self.jpeg}" if self.jpeg else "", f"blur{self.blur:g}" if self.blur else "",
-                 f"resize{self.resize:g}" if self.resize else ""]
+        parts = [f"reencode-{self.reencode.replace(':', '')}" if self.reencode else "",
+                 (f"resize{self.resize:g}" + ("" if self.kernel_name == "bilinear" else f"-{self.kernel_name}"))
+                 if self.resize else "",
+                 f"blur{self.blur:g}" if self.blur else "", f"jpeg{self.jpeg}" if self.jpeg else "",
+                 f"webp{self.webp}" if self.webp else ""]
         return "+".join(p for p in parts if p) or "none"
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
         if not self.active:
             return a
-        img = Image.fromarray(a)
+        enc = parse_reencode(self.reencode)
+        if enc is not None:
+            a = encode_decode(a, *enc)
         if self.resize is not None:
-            w, h = img.size
-            img = img.resize((max(1, round(w * self.resize)), max(1, round(h * self.resize))),
-                             Image.BILINEAR)
+            a = resize_array(a, self.resize, self.resize_kernel, self.antialias is not False)
         if self.blur is not None:
-            img = img.filter(ImageFilter.GaussianBlur(radius=self.blur))
+            a = np.ascontiguousarray(np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(radius=self.blur))))
         if self.jpeg is not None:
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=self.jpeg)
-            buf.seek(0)
-            img = Image.open(buf).convert("RGB")
-        return np.ascontiguousarray(np.asarray(img))
+            a = encode_decode(a, "JPEG", self.jpeg)
+        if self.webp is not None:
+            a = encode_decode(a, "WEBP", self.webp)
+        return a
 
 
 def center_crop(a: np.ndarray, size: int) -> np.ndarray:
@@ -70,7 +140,7 @@ def center_crop(a: np.ndarray, size: int) -> np.ndarray:
 def tiles(a: np.ndarray, size: int) -> List[np.ndarray]:
     """Non-overlapping size x size crops covering the image (the last ones aligned to the border)."""
     h, w = a.shape[:2]
-    if h <= size or w <= size:
+    if h < size or w < size:
         return [center_crop(a, size)]
     ys = list(range(0, h - size + 1, size))
     xs = list(range(0, w - size + 1, size))

@@ -1,11 +1,17 @@
-"""Evaluation of a detector over a benchmark: per-subset and mean metrics, tables out."""
+"""Evaluation of a detector over a benchmark: per-subset and mean metrics, tables out.
+
+Beside every subset's numbers stands the shortcut check: the AP that a classifier on file headers
+alone (format, JPEG quality, size) reaches there (fitgap.audit). A subset where that is >= 0.9 is
+marked, because a detector's number there may measure file history rather than generation.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -15,15 +21,16 @@ from .benchmarks import Subset, load_benchmark
 from .checkpoint import atomic_write_text
 from .detector import load_detector, score_crops
 from .evaldata import EvalDataset, Perturbation, collate_eval
-from .metrics import mean_row, subset_metrics
+from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
 
-COLUMNS = ("acc", "real_acc", "fake_acc", "ap")
+NON_FINITE = "non-finite score"
 
 
 def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation, device, batch: int,
             workers: int, info: D.DistInfo, desc: str = "", amp: str = "none"):
     """Scores of `items` ([(path, label)]), split over ranks without padding and gathered.
-    Returns (scores {index: p_fake}, skipped {index: reason})."""
+    Returns (scores {index: p_fake}, skipped {index: reason}); an image whose score is not finite
+    (NaN logits) is skipped with the reason NON_FINITE, so that everything else is still reported."""
     mine = list(range(info.rank, len(items), info.world_size))
     ds = EvalDataset([items[i] for i in mine], crop, mode, mean, std, perturb)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
@@ -35,7 +42,10 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
                 skipped[mine[g[2]]] = g[3]
         if ok:
             for g, s in zip(ok, score_crops(model, [g[0] for g in ok], device, amp)):
-                scores[mine[g[2]]] = s
+                if math.isfinite(s):
+                    scores[mine[g[2]]] = s
+                else:
+                    skipped[mine[g[2]]] = NON_FINITE
     merged_s, merged_k = {}, {}
     for s, k in D.all_gather_object((scores, skipped)):
         merged_s.update(s)
@@ -45,83 +55,210 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
 
 def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, std, perturb: Perturbation,
                      device, batch: int = 32, workers: int = 2, info: Optional[D.DistInfo] = None,
-                     amp: str = "none") -> Dict[str, Any]:
+                     amp: str = "none", threshold: Optional[float] = None) -> Dict[str, Any]:
+    """Per-subset metrics at 0.5 (and at `threshold`, a threshold fitted elsewhere, when given).
+    The per-image scores are kept under "_scores" (written as scores.csv, not into results.json)."""
     info = info or D.DistInfo(device=device)
-    rows, notes = [], []
+    rows, notes, per_image = [], [], []
     for sub in subsets:
         if sub.status != "ok":
             rows.append({"subset": sub.name, "status": sub.status, "n": 0, "skipped": 0,
-                         **{k: None for k in COLUMNS},
+                         **{k: None for k in METRIC_KEYS},
                          "notes": f"{sub.status}: excluded from the mean"})
             notes.append(f"{sub.name}: {sub.status}, excluded from the mean")
             continue
         scores, skipped = predict(model, sub.items, crop, mode, mean, std, perturb, device, batch,
                                   workers, info, desc=sub.name, amp=amp)
         idx = sorted(scores)
-        m = subset_metrics([sub.items[i][1] for i in idx], [scores[i] for i in idx])
-        if skipped:
-            m["notes"] = "; ".join(x for x in (m["notes"], f"{len(skipped)} unreadable image(s) skipped") if x)
-        rows.append({"subset": sub.name, "status": "ok", "skipped": len(skipped),
-                     "skipped_files": [sub.items[i][0] for i in sorted(skipped)][:10], **m})
+        m = subset_metrics([sub.items[i][1] for i in idx], [scores[i] for i in idx], fitted_threshold=threshold)
+        failed = [i for i, r in skipped.items() if r == NON_FINITE]
+        unreadable = len(skipped) - len(failed)
+        extra = ([f"{unreadable} unreadable image(s) skipped"] if unreadable else []) + \
+                ([f"{len(failed)} image(s) failed: {NON_FINITE}"] if failed else [])
+        m["notes"] = "; ".join(x for x in (m["notes"], *extra) if x)
+        rows.append({"subset": sub.name, "status": "ok", "skipped": unreadable, "failed": len(failed),
+                     "skipped_files": [sub.items[i][0] for i in sorted(skipped) if i not in failed][:10],
+                     "failed_files": [sub.items[i][0] for i in sorted(failed)][:10], **m})
+        per_image += [(sub.name, p, y, scores.get(i), skipped.get(i, "")) for i, (p, y) in enumerate(sub.items)]
     mean = {"subset": "mean", "status": "ok", **mean_row([r for r in rows if r["status"] == "ok"])}
     return {"rows": rows, "mean": mean, "notes": notes, "perturbation": perturb.describe(),
-            "crop": {"size": crop, "mode": mode}}
+            "crop": {"size": crop, "mode": mode}, "threshold": threshold, "_scores": per_image}
 
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _cols(result: Dict[str, Any]) -> List[Tuple[str, str]]:
+    cols = [("ap", "AP"), ("auc", "AUC"), ("acc", "acc"), ("real_acc", "real acc"), ("fake_acc", "fake acc"),
+            ("bal_acc", "bal acc"), ("eer", "EER"), ("tpr_at_fpr1", "TPR@1%FPR"), ("tpr_at_fpr5", "TPR@5%FPR"),
+            ("ece", "ECE")]
+    if result.get("threshold") is not None:
+        cols += [("acc_t", "acc@t"), ("real_acc_t", "real@t"), ("fake_acc_t", "fake@t")]
+    return cols
+
+
 def format_markdown(result: Dict[str, Any], title: str = "") -> str:
+    """Threshold-free numbers first (AP, AUC), then accuracy at 0.5, calibration, and the
+    metadata-only AP of the shortcut check where it was computed."""
     lines = [f"### {title}", ""] if title else []
-    lines.append("| subset | acc | real acc | fake acc | AP | real | fake | skipped | notes |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    cols = _cols(result)
+    audited = any("metadata_ap" in r for r in result["rows"])
+    head = [c for _, c in cols] + (["meta AP"] if audited else []) + ["real", "fake", "skipped", "notes"]
+    lines.append("| subset | " + " | ".join(head) + " |")
+    lines.append("|---" * (len(head) + 1) + "|")
     for r in result["rows"]:
-        lines.append(f"| {r['subset']} | {_fmt(r['acc'])} | {_fmt(r['real_acc'])} | {_fmt(r['fake_acc'])} | "
-                     f"{_fmt(r['ap'])} | {r.get('n_real', 0)} | {r.get('n_fake', 0)} | {r.get('skipped', 0)} | "
-                     f"{r.get('notes', '')} |")
+        meta = [(_fmt(r.get("metadata_ap")) + (" **shortcut**" if r.get("shortcut") else ""))] if audited else []
+        lines.append(f"| {r['subset']} | " + " | ".join([_fmt(r.get(k)) for k, _ in cols] + meta + [
+            str(r.get("n_real", 0)), str(r.get("n_fake", 0)), str(r.get("skipped", 0) + r.get("failed", 0)),
+            r.get("notes", "")]) + " |")
     m = result["mean"]
-    lines.append(f"| **mean** | {_fmt(m['acc'])} | {_fmt(m['real_acc'])} | {_fmt(m['fake_acc'])} | "
-                 f"{_fmt(m['ap'])} | | | | unweighted over {m['acc_subsets']} subsets (AP: {m['ap_subsets']}) |")
+    lines.append("| **mean** | " + " | ".join([_fmt(m.get(k)) for k, _ in cols] + ([""] if audited else []) + [
+        "", "", "", f"unweighted over {m['acc_subsets']} subsets (AP: {m['ap_subsets']})"]) + " |")
     lines.append("")
+    t = result.get("threshold")
     lines.append(f"crop: {result['crop']['mode']} {result['crop']['size']} px at native resolution; "
-                 f"perturbation: {result['perturbation']}; values in %")
+                 f"perturbation: {result['perturbation']}; values in %; acc at P(fake) > 0.5"
+                 + (f"; @t: at the fitted threshold t = {t:.4f} ({result.get('threshold_from', '')})"
+                    if t is not None else ""))
+    flagged = [r["subset"] for r in result["rows"] if r.get("shortcut")]
+    if audited:
+        lines.append("")
+        lines.append("meta AP: AP of a classifier on file headers alone (format, JPEG quality, size; "
+                     "`python -m fitgap.audit`). " + (
+                         f"**Shortcut in {', '.join(flagged)}**: real and fake differ in file history there, "
+                         "so the detector's number may measure that; check with `python -m fitgap.robustness "
+                         "--reencode jpeg:95`." if flagged else "No subset is flagged (all < 90)."))
     return "\n".join(lines)
 
 
 def format_csv(result: Dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["subset", "status", "acc", "real_acc", "fake_acc", "ap", "n_real", "n_fake", "skipped", "notes"])
+    keys = [k for k, _ in _cols(result)]
+    w.writerow(["subset", "status", *keys, "metadata_ap", "shortcut", "n_real", "n_fake", "skipped", "failed",
+                "notes"])
     for r in result["rows"] + [result["mean"]]:
-        w.writerow([r["subset"], r.get("status", ""), *(r.get(k) for k in COLUMNS), r.get("n_real", ""),
-                    r.get("n_fake", ""), r.get("skipped", ""), r.get("notes", "")])
+        w.writerow([r["subset"], r.get("status", ""), *(r.get(k) for k in keys), r.get("metadata_ap", ""),
+                    r.get("shortcut", ""), r.get("n_real", ""), r.get("n_fake", ""), r.get("skipped", ""),
+                    r.get("failed", ""), r.get("notes", "")])
     return buf.getvalue()
+
+
+def format_scores(result: Dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["subset", "path", "label", "p_fake", "error"])
+    for sub, path, label, score, err in result.get("_scores", []):
+        w.writerow([sub, path, label, "" if score is None else f"{score:.8g}", err])
+    return buf.getvalue()
+
+
+def plot_reliability(result: Dict[str, Any], path: str) -> bool:
+    """Reliability diagram of P(fake), pooled over subsets: fraction fake per bin vs mean P(fake)."""
+    pairs = [(y, s) for _, _, y, s, _ in result.get("_scores", []) if s is not None]
+    if not pairs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = calibration_bins([y for y, _ in pairs], [s for _, s in pairs])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
+    ax.plot([b["mean_p"] for b in bins], [b["frac_fake"] for b in bins], "o-", label="detector")
+    for b in bins:
+        ax.annotate(str(b["n"]), (b["mean_p"], b["frac_fake"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("mean P(fake) in bin")
+    ax.set_ylabel("fraction fake in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"reliability (ECE {100 * (result['mean'].get('ece') or 0):.1f}%, subset mean)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def write_results(result: Dict[str, Any], out_dir: str, title: str = "") -> None:
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(result, indent=2))
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(public, indent=2))
     atomic_write_text(os.path.join(out_dir, "results.csv"), format_csv(result))
     atomic_write_text(os.path.join(out_dir, "results.md"), format_markdown(result, title) + "\n")
+    atomic_write_text(os.path.join(out_dir, "scores.csv"), format_scores(result))
+    plot_reliability(result, os.path.join(out_dir, "reliability.png"))
+
+
+def read_scores_csv(path: str) -> Tuple[List[int], List[float]]:
+    labels, scores = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("p_fake"):
+                labels.append(int(row["label"]))
+                scores.append(float(row["p_fake"]))
+    return labels, scores
+
+
+def load_threshold(src: str) -> Tuple[float, str]:
+    """A decision threshold from a validation run: a folder or results.json of `evaluate.py` (fitted
+    on the scores.csv beside it: best balanced accuracy, pooled over subsets), a scores.csv, or a JSON
+    file {"threshold": t}. Returns (t, where it came from)."""
+    if os.path.isdir(src):
+        src = os.path.join(src, "scores.csv")
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"--threshold-from: {src!r} does not exist (give an evaluation folder, its "
+                                "scores.csv, or a JSON file with a threshold)")
+    if src.endswith(".json"):
+        with open(src) as f:
+            data = json.load(f)
+        if isinstance(data.get("threshold"), (int, float)) and "rows" not in data:
+            return float(data["threshold"]), src
+        src = os.path.join(os.path.dirname(src), "scores.csv")
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"--threshold-from: no scores.csv beside that results.json ({src!r})")
+    labels, scores = read_scores_csv(src)
+    try:
+        return fit_threshold(labels, scores), f"fitted on {src}"
+    except ValueError as exc:
+        raise ValueError(f"--threshold-from: {src}: {exc}") from None
+
+
+def run_title(bench: str, ckpt_path: str, perturb: Perturbation) -> str:
+    """Names the checkpoint's run folder and the perturbation, so two tables can be told apart."""
+    p = os.path.abspath(ckpt_path)
+    run_name = os.path.basename(os.path.dirname(p))
+    return f"{bench}: {run_name}/{os.path.basename(p)}, perturbation {perturb.describe()}"
 
 
 def run(args) -> Dict[str, Any]:
-    perturb = Perturbation(args.jpeg, args.blur, args.resize)
+    perturb = Perturbation(args.jpeg, args.blur, args.resize, args.resize_kernel,
+                           None if args.antialias is None else args.antialias == "on", args.webp, args.reencode)
     perturb.check()
+    threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (None, None)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
-    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets)
+    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
     crop = args.size or cfg["eval"]["size"] or cfg["patch"]
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,
-                              args.batch, args.workers, info, amp=args.amp)
-    result.update({"checkpoint": os.path.abspath(args.ckpt), "bench": args.bench, "root": args.root})
+                              args.batch, args.workers, info, amp=args.amp, threshold=threshold)
+    result.update({"checkpoint": os.path.abspath(args.ckpt), "bench": args.bench, "root": args.root,
+                   "threshold_from": threshold_from})
     if info.is_main:
+        if args.audit:
+            from .audit import audit
+
+            checks = audit(subsets, workers=0)["subsets"]
+            for r in result["rows"]:
+                c = checks.get(r["subset"], {})
+                r["metadata_ap"], r["shortcut"] = c.get("metadata_ap"), c.get("shortcut", False)
         tag = args.bench + ("" if not perturb.active else "_" + perturb.describe())
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval_{tag}")
-        title = f"{args.bench}: {os.path.basename(args.ckpt)}"
+        title = run_title(args.bench, args.ckpt, perturb)
         write_results(result, out, title)
         print(format_markdown(result, title), flush=True)
-        print(f"\nwritten to {out}/results.{{json,csv,md}}", flush=True)
+        print(f"\nwritten to {out}/results.{{json,csv,md}}, scores.csv, reliability.png", flush=True)
     return result

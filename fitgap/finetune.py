@@ -234,8 +234,12 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
             if skipped["count"]:
                 msg += f"; skipped {skipped['count']} image reads: {skipped['reasons']}"
             print(msg, flush=True)
-            if ap > state["best_ap"]:
-                state["best_ap"] = ap
+        # every rank holds the same gathered `ap`, so every rank keeps the same best_ap
+        improved = ap > state["best_ap"]
+        if improved:
+            state["best_ap"] = ap
+        if info.is_main:
+            if improved:
                 save(os.path.join(run_dir, "best.pt"), model_without_ddp, optimizer, scaler, cfg,
                      state["epoch"], state["step"], ap)
             save(last, model_without_ddp, optimizer, scaler, cfg, state["epoch"], state["step"], state["best_ap"])

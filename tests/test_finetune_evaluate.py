@@ -113,8 +113,24 @@ def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path
     assert rows["onlyfake"]["ap"] is None and "AP undefined" in rows["onlyfake"]["notes"]
     assert 0 <= rows["y"]["ap"] <= 1 and res["mean"]["ap_subsets"] == 2
     csv_text = (out / "results.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("subset,status,acc") and "mean" in csv_text
-    assert "| x |" in (out / "results.md").read_text()
+    assert csv_text.splitlines()[0].startswith("subset,status,ap,auc,acc") and "mean" in csv_text
+    md = (out / "results.md").read_text()
+    assert "| x |" in md and "### folder: ev/best.pt, perturbation none" in md
+    # the threshold-free metrics and the shortcut check stand beside every subset
+    for key in ("auc", "eer", "tpr_at_fpr1", "tpr_at_fpr5", "ece", "bal_acc", "metadata_ap", "shortcut"):
+        assert key in rows["y"], key
+    assert rows["y"]["shortcut"] is False and "meta AP" in md  # both classes are PNG of one size
+    scores = (out / "scores.csv").read_text().splitlines()
+    assert scores[0] == "subset,path,label,p_fake,error" and len(scores) == 1 + 8 + 9 + 1
+    assert (out / "reliability.png").stat().st_size > 0
+    # a threshold fitted on that run is reported beside 0.5
+    out2 = tmp_path / "eval2"
+    r = run(["evaluate.py", "--ckpt", str(tmp_path / "ev" / "best.pt"), "--bench", "folder", "--root",
+             str(bench), "--out", str(out2), "--device", "cpu", "--workers", "0", "--threshold-from", str(out),
+             "--resize", "0.5", "--resize-kernel", "bicubic", "--antialias", "off"])
+    res2 = json.loads((out2 / "results.json").read_text())
+    assert isinstance(res2["threshold"], float) and "acc_t" in res2["rows"][0] and "acc@t" in r.stdout
+    assert res2["perturbation"] == "resize0.5-bicubic-noaa"
     # detect: one row per file, unreadable reported
     r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "ev" / "best.pt"), str(bench / "x" / "1_fake"),
              "--device", "cpu", "--json"])
@@ -160,6 +176,48 @@ def test_tiles_cover_the_image():
     t = tiles(a, 32)
     assert len(t) == 4 * 3 and all(x.shape == (32, 32, 3) for x in t)
     assert np.array_equal(t[-1], a[-32:, -32:])
+    # a side equal to the crop still gets the tiles along the other side
+    assert len(tiles(np.zeros((128, 512, 3), np.uint8), 128)) == 4
+    assert len(tiles(np.zeros((129, 512, 3), np.uint8), 128)) == 8
+    assert len(tiles(np.zeros((100, 512, 3), np.uint8), 128)) == 1
+
+
+class Brightness(torch.nn.Module):
+    """Logit = mean value; NaN for all-white crops; records its batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        out = x.mean(dim=(1, 2, 3))
+        return torch.where(out > 1.99, torch.full_like(out, float("nan")), out)
+
+
+def test_tiles_go_to_the_model_in_fixed_chunks():
+    from fitgap.detector import score_logits
+
+    torch.manual_seed(0)
+    crops = [torch.rand(37, 3, 8, 8), torch.rand(5, 3, 8, 8), torch.rand(2, 3, 6, 6)]
+    m = Brightness()
+    chunked = score_logits(m, crops, "cpu", max_crops=4)
+    assert max(m.batches) <= 4
+    assert chunked == pytest.approx([c.mean(dim=(1, 2, 3)).mean().item() for c in crops], abs=1e-6)
+
+
+def test_non_finite_scores_are_named_and_the_rest_is_reported(tmp_path):
+    from fitgap.benchmarks import load_benchmark
+    from fitgap.evaluate import evaluate_subsets
+
+    make_tree(str(tmp_path), subsets=("a",), n=4)
+    Image.fromarray(np.full((48, 48, 3), 255, np.uint8)).save(tmp_path / "a" / "1_fake" / "white.png")
+    subs = load_benchmark("folder", str(tmp_path))
+    res = evaluate_subsets(Brightness(), subs, 32, "center", [0.0] * 3, [0.5] * 3, Perturbation(), "cpu",
+                           batch=4, workers=0)
+    row = res["rows"][0]
+    assert row["failed"] == 1 and row["failed_files"][0].endswith("white.png")
+    assert row["n"] == 8 and row["ap"] is not None and "non-finite score" in row["notes"]
 
 
 def test_fewshot_sampling_is_seeded_and_per_class():
