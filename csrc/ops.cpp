@@ -15,6 +15,7 @@
 
 #include "rescale_coords.h"
 #include "rescale_gather.h"
+#include "rescale_pixel.h"
 
 extern "C" {
 // Loads the library (and so its TORCH_LIBRARY registrations) on `import rescale_ext._C`; no pybind11.
@@ -164,6 +165,21 @@ at::Tensor build_descriptors(int64_t pixels_numel, const at::Tensor& offsets, co
   return desc;
 }
 
+GatherParams make_params(const Normalization& norm, bool quantize, bool channels_last) {
+  GatherParams params;
+  for (int c = 0; c < 3; ++c) {
+    params.mean[c] = norm.mean[c];
+    params.inv_std[c] = norm.inv_std[c];
+  }
+  params.quantize = quantize;
+  params.channels_last = channels_last;
+  return params;
+}
+
+OutDtype out_dtype_code(at::ScalarType dtype) {
+  return dtype == at::kFloat ? OutDtype::kFloat32 : dtype == at::kHalf ? OutDtype::kFloat16 : OutDtype::kBFloat16;
+}
+
 at::Tensor make_output(int64_t n, int64_t patch, at::ScalarType dtype, bool channels_last,
                        const at::TensorOptions& options) {
   return at::empty({n, 3, patch, patch}, options.dtype(dtype),
@@ -239,21 +255,25 @@ struct RowBlender {
   }
 };
 
-// Vertical pass with exact rounding (halves up), branch-free in int32 (2 num + den and 2 den r stay
-// below 2^31 for q <= 1024) so that it vectorises; an AVX2 clone is picked at load time when the CPU
-// has it.
+// Vertical pass with exact rounding (halves up), branch-free in int32 so that it vectorises; an
+// AVX2 clone is picked at load time when the CPU has it. The same rounding as round_ratio
+// (rescale_coords.h, used by the CUDA kernel and its emulation), rewritten for int32 lanes: instead of
+// comparing r * 2den with 2num + den (2^31 at q = 1024, r = 255: overflow), it corrects the estimate
+// with the remainder num - r * den, whose magnitude stays below 2 den. Bounds for q <= kMaxQ = 1024:
+// den = 4q^2 <= 2^22, num <= 255 den < 2^30, r <= 256 so r * den <= 2^30, |2 rem| + den < 2^24.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
 void vertical_quantized(const int32_t* h0, const int32_t* h1, int32_t wy0, int32_t wy1, int32_t den,
                         float inv_den, float scale, float bias, int64_t len, float* dst) {
-  const int32_t two_den = 2 * den;
   for (int64_t k = 0; k < len; ++k) {
     const int32_t num = wy0 * h0[k] + wy1 * h1[k];
-    const int32_t twice = 2 * num + den;
-    int32_t r = static_cast<int32_t>(static_cast<float>(num) * inv_den + 0.5f);
-    r -= static_cast<int32_t>(r * two_den > twice);
-    r += static_cast<int32_t>((r + 1) * two_den <= twice);
+    int32_t r = static_cast<int32_t>(static_cast<float>(num) * inv_den + 0.5f);  // within +-1
+    int32_t rem = num - r * den;
+    const int32_t down = static_cast<int32_t>(2 * rem + den < 0);  // r * 2den > 2num + den
+    r -= down;
+    rem += down * den;
+    r += static_cast<int32_t>(2 * rem - den >= 0);  // (r + 1) * 2den <= 2num + den
     dst[k] = static_cast<float>(r) * scale + bias;
   }
 }
@@ -387,6 +407,56 @@ at::Tensor rescale_gather_cpu(const at::Tensor& pixels, const at::Tensor& offset
   return out;
 }
 
+// The CUDA kernel's launch, executed on the CPU: the same grid (blockIdx.x/y, threadIdx.x, the
+// grid-stride loop over patches) around the same gather_pixel. `grid_y` replaces the kernel's
+// gridDim.y (<= 0: what the real launch would use) so that tests make the loop stride. Serial and
+// slow; for tests only.
+template <typename store_t>
+void emulate_launch(const uint8_t* pixels, const int64_t* desc, int64_t n, int32_t patch,
+                    const GatherParams& params, OutDtype dtype, int64_t grid_y, store_t* out) {
+  const LaunchGeometry g = launch_geometry(patch, n, grid_y > 0 ? grid_y : kMaxGridY);
+  const int32_t plane = patch * patch;
+  for (int64_t block_y = 0; block_y < g.grid_y; ++block_y) {
+    for (int64_t block_x = 0; block_x < g.grid_x; ++block_x) {
+      for (int32_t thread_x = 0; thread_x < kThreadsPerBlock; ++thread_x) {
+        const int32_t pix = static_cast<int32_t>(block_x * kThreadsPerBlock + thread_x);
+        if (pix >= plane) continue;  // the kernel's early return
+        for (int64_t i = block_y; i < n; i += g.grid_y) {
+          gather_pixel<store_t>(pixels, desc + i * kDescFields, i, patch, pix, params, dtype, out);
+        }
+      }
+    }
+  }
+}
+
+at::Tensor rescale_gather_emulated(const at::Tensor& pixels, const at::Tensor& offsets,
+                                   const at::Tensor& sizes, const at::Tensor& ratios,
+                                   const at::Tensor& corners, int64_t patch,
+                                   std::optional<c10::ArrayRef<double>> mean,
+                                   std::optional<c10::ArrayRef<double>> std, bool quantize,
+                                   std::optional<at::ScalarType> dtype, bool channels_last,
+                                   int64_t grid_y) {
+  const at::ScalarType out_dtype = check_arguments(pixels, offsets, sizes, ratios, corners, patch, dtype);
+  TORCH_CHECK(pixels.is_cpu(), "_rescale_gather_emulated: pixels must be on the CPU");
+  TORCH_CHECK_VALUE(patch <= 46340, "rescale_gather: patch ", patch, " is too large");
+  const GatherParams params = make_params(make_normalization(mean, std), quantize, channels_last);
+  const at::Tensor desc =
+      build_descriptors(pixels.numel(), offsets, sizes, ratios, corners, patch, /*pinned=*/false);
+  const int64_t n = corners.size(0);
+  at::Tensor out = make_output(n, patch, out_dtype, channels_last, pixels.options());
+  if (n == 0) return out;
+  const OutDtype code = out_dtype_code(out_dtype);
+  if (code == OutDtype::kFloat32) {
+    emulate_launch<float>(pixels.data_ptr<uint8_t>(), desc.data_ptr<int64_t>(), n, static_cast<int32_t>(patch),
+                          params, code, grid_y, out.data_ptr<float>());
+  } else {
+    emulate_launch<uint16_t>(pixels.data_ptr<uint8_t>(), desc.data_ptr<int64_t>(), n,
+                             static_cast<int32_t>(patch), params, code, grid_y,
+                             static_cast<uint16_t*>(out.data_ptr()));
+  }
+  return out;
+}
+
 bool built_with_cuda() {
 #ifdef RESCALE_EXT_WITH_CUDA
   return true;
@@ -403,8 +473,16 @@ TORCH_LIBRARY(rescale_ext, m) {
       "int patch, float[]? mean=None, float[]? std=None, bool quantize=False, "
       "ScalarType? dtype=None, bool channels_last=False) -> Tensor");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
+  // Tests only: the CUDA kernel's body and grid, executed on the CPU.
+  m.def(
+      "_rescale_gather_emulated(Tensor pixels, Tensor offsets, Tensor sizes, Tensor ratios, "
+      "Tensor corners, int patch, float[]? mean=None, float[]? std=None, bool quantize=False, "
+      "ScalarType? dtype=None, bool channels_last=False, int grid_y=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(rescale_ext, CPU, m) { m.impl("rescale_gather", &rescale_gather_cpu); }
+TORCH_LIBRARY_IMPL(rescale_ext, CPU, m) {
+  m.impl("rescale_gather", &rescale_gather_cpu);
+  m.impl("_rescale_gather_emulated", &rescale_gather_emulated);
+}
 
 }  // namespace rescale_ext

@@ -31,7 +31,9 @@ enum DescField : int {
   kDescFields = 8
 };
 
-// Largest reduced denominator accepted: keeps the blend numerator 4 q^2 * 255 inside int32.
+// Largest reduced denominator accepted: keeps the blend numerator 4 q^2 * 255 (< 2^30) inside int32;
+// the rounding works in int64 here and, on the CPU kernel's vectorised path, through a remainder that
+// stays small (see vertical_quantized in ops.cpp).
 constexpr int64_t kMaxQ = 1024;
 // Largest reduced numerator accepted (keeps coordinate numerators small; any real ratio is far below).
 constexpr int64_t kMaxP = 1 << 20;

@@ -8,6 +8,8 @@
 
 #include <array>
 
+#include "rescale_pixel.h"
+
 namespace rescale_ext {
 
 struct Normalization {
@@ -30,6 +32,11 @@ Normalization make_normalization(std::optional<c10::ArrayRef<double>> mean,
 at::Tensor build_descriptors(int64_t pixels_numel, const at::Tensor& offsets, const at::Tensor& sizes,
                              const at::Tensor& ratios, const at::Tensor& corners, int64_t patch,
                              bool pinned);
+
+// The kernel parameters (normalisation, rounding, layout) shared by the CUDA launch and its emulation.
+GatherParams make_params(const Normalization& norm, bool quantize, bool channels_last);
+
+OutDtype out_dtype_code(at::ScalarType dtype);
 
 at::Tensor make_output(int64_t n, int64_t patch, at::ScalarType dtype, bool channels_last,
                        const at::TensorOptions& options);

@@ -5,16 +5,30 @@ cut at given destination corners, without materialising any full rescaled image.
 kernels (C++ always, CUDA when built) live in `rescale_ext._C`; without it the package falls back,
 with a warning, to the pure-PyTorch reference in `rescale_ext.reference`.
 """
+import glob
+import os
 import warnings
 
-try:
-    from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
+import torch  # noqa: F401  (_C links against torch's shared libraries: they must be loaded first)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_BUILT = sorted(glob.glob(os.path.join(_HERE, "_C*.so")) + glob.glob(os.path.join(_HERE, "_C*.pyd")))
+
+if _BUILT:
+    try:
+        from . import _C  # noqa: F401  (loads the TORCH_LIBRARY registrations)
+    except ImportError as exc:
+        # A compiled module that does not load (an ABI or torch-version mismatch, a missing library)
+        # must not fall back silently to the slow reference.
+        raise ImportError(f"rescale_ext: the compiled module {_BUILT[0]} exists but does not load: {exc}. "
+                          "Rebuild it against the installed torch with `pip install --no-build-isolation -e .` "
+                          "(or `make build`).") from exc
     HAVE_COMPILED = True
-except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+else:
     HAVE_COMPILED = False
     warnings.warn(
-        f"rescale_ext._C is not built ({exc}); rescale_gather runs on the slow pure-PyTorch "
-        "reference. Build it with `pip install --no-build-isolation -e .`.",
+        f"rescale_ext._C is not built (no compiled module in {_HERE}); rescale_gather runs on the slow "
+        "pure-PyTorch reference. Build it with `pip install --no-build-isolation -e .`.",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -1,6 +1,10 @@
 """rescale_gather: kernels vs the float64 reference, OpenCV, the paper's example, periodicity,
 opcheck, torch.compile, argument checks and a seeded fuzz test. `_cuda` variants skip without a GPU."""
+import os
 import random
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from rescale_ext.reference import rescale_gather_reference
 
 from conftest import requires_cuda
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIOS = [(3, 2), (4, 3), (5, 4), (7, 4), (2, 1), (8, 5), (1, 1), (2, 3), (4, 5), (1, 2), (8, 9)]
 TOL = {torch.float32: 1e-4, torch.float16: 0.13, torch.bfloat16: 1.1}  # on the 0..255 scale
 
@@ -239,6 +244,18 @@ def test_invalid_options_are_refused(kwargs, match):
         rescale_gather(**_valid(), **kwargs)
 
 
+def _fuzz_ratio(rng, h, w, max_dst=160):
+    """Half small ratios, half drawn log-uniformly up to the limits (q <= 1024, p <= 2^20), keeping
+    the destination image small enough for the float64 reference."""
+    if rng.random() < 0.5:
+        return rng.randint(1, 9), rng.randint(1, 9)
+    while True:
+        q = int(round(2 ** rng.uniform(0, 10)))
+        p = max(1, min(1 << 20, int(round(q * 2 ** rng.uniform(-3, 10)))))
+        if dst_length(max(h, w), p, q) <= max_dst:
+            return p, q
+
+
 def test_fuzz_valid_and_invalid_calls():
     """1,000 seeded random calls, valid and invalid: no crash; valid ones equal the reference;
     invalid ones raise ValueError/TypeError like the reference."""
@@ -251,8 +268,11 @@ def test_fuzz_valid_and_invalid_calls():
         for _ in range(nwin):
             h, w = rng.randint(1, 24), rng.randint(1, 24)
             windows.append(torch.randint(0, 256, (h, w, 3), dtype=torch.uint8))
-            p, q = (rng.randint(1, 9), rng.randint(1, 9)) if valid else (rng.randint(-1, 9),
-                                                                         rng.randint(-1, 9))
+            if valid:
+                p, q = _fuzz_ratio(rng, h, w)
+            else:
+                p, q = rng.choice([(rng.randint(-1, 9), rng.randint(-1, 9)), (rng.randint(1, 9), 1025 + rng.randint(0, 9)),
+                                   ((1 << 20) + 1 + 2 * rng.randint(0, 9), 1024)])
             rat.append((p, q))
             dst.append((dst_length(h, p, q), dst_length(w, p, q)) if p > 0 and q > 0 else (0, 0))
         pixels, offsets, sizes = pack_windows(windows)
@@ -285,6 +305,60 @@ def test_fuzz_valid_and_invalid_calls():
 
 def test_built_with_cuda_reports_build():
     assert isinstance(rescale_ext.built_with_cuda(), bool)
+    if os.environ.get("FORCE_CUDA", "0") == "1":  # CI builds with FORCE_CUDA=1: the kernel must be in
+        assert rescale_ext.built_with_cuda()
+
+
+def _python(code, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = cwd
+    return subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_import_order_does_not_matter():
+    """`import rescale_ext` first (torch not yet loaded) must load the compiled module."""
+    for code in ("import rescale_ext; assert rescale_ext.HAVE_COMPILED",
+                 "from rescale_ext import pack_windows; import rescale_ext; assert rescale_ext.HAVE_COMPILED"):
+        r = _python(code, ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_broken_build_raises_and_missing_build_warns(tmp_path):
+    pkg = tmp_path / "broken" / "rescale_ext"
+    shutil.copytree(os.path.join(ROOT, "rescale_ext"), pkg, ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    (pkg / "_C.abi3.so").write_bytes(b"not a shared object")
+    r = _python("import rescale_ext", str(tmp_path / "broken"))
+    assert r.returncode != 0 and "exists but does not load" in r.stderr, r.stderr[-2000:]
+    (pkg / "_C.abi3.so").unlink()
+    r = _python("import warnings; warnings.simplefilter('always')\n"
+                "import rescale_ext, sys; sys.exit(0 if not rescale_ext.HAVE_COMPILED else 3)", str(tmp_path / "broken"))
+    assert r.returncode == 0 and "no compiled module" in r.stderr, r.stderr[-2000:]  # reference fallback
+
+
+# ----------------------------------------------------------------------------------------------
+# The largest accepted denominator (q = 1024): the exact arithmetic must not overflow.
+
+@pytest.mark.parametrize("fill", [0, 255])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_limits_q1024(fill, dtype, channels_last, quantize):
+    big_p = (1 << 20) - 1  # the largest numerator accepted, coprime with 1024
+    windows = [torch.full((40, 40, 3), fill, dtype=torch.uint8) for _ in range(3)]
+    windows.append(torch.full((1030, 1025, 3), fill, dtype=torch.uint8))
+    pixels, offsets, sizes = pack_windows(windows)
+    ratios = torch.tensor([[1025, 1024], [2047, 1024], [1023, 1024], [big_p, 1024]])
+    corners = torch.tensor([[0, 0, 0], [0, 31, 31], [1, 11, 11], [2, 32, 32], [2, 0, 5]])
+    args = (pixels, offsets, sizes, ratios, corners, 8)
+    kw = dict(quantize=quantize, dtype=dtype, channels_last=channels_last)
+    got = rescale_gather(*args, **kw)
+    want = rescale_gather_reference(*args, quantize=quantize, dtype=torch.float64)
+    assert torch.equal(got.double(), want) and torch.all(got == fill)
+    emu = torch.ops.rescale_ext._rescale_gather_emulated(*args, None, None, quantize, dtype, channels_last, 3)
+    assert torch.equal(emu, got)
+    one = rescale_gather(pixels, offsets, sizes, ratios, torch.tensor([[3, 0, 0]]), 1, **kw)
+    assert torch.all(one == fill)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,3 +416,75 @@ def test_cuda_periodic_patches_are_bit_identical():
     corners = torch.tensor([[0, 6, 6], [0, 8, 10], [0, 7, 6]])
     out = rescale_gather(pixels.cuda(), offsets, sizes, torch.tensor([[3, 2]]), corners, 8)
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# The CUDA kernel's body and grid, executed on the CPU (`emulated`): every line of the GPU's
+# arithmetic (taps, blend, rounding, normalisation, dtype conversion, output offsets, the grid-stride
+# loop) runs here, on machines without a GPU.
+
+def _emulated(args, grid_y, mean=None, std=None, quantize=False, dtype=torch.float32, channels_last=False):
+    return torch.ops.rescale_ext._rescale_gather_emulated(
+        *args, None if mean is None else list(mean), None if std is None else list(std), quantize, dtype,
+        channels_last, grid_y)
+
+
+def _emulated_samples():
+    out = sample_inputs("cpu")
+    big = [(1025, 1024), (2047, 1024), (1023, 1024), (1, 1024), (999, 1000), (5, 3)]
+    out.append(make_sample(42, n_windows=6, per_window=3, patch=7, ratios=big, min_side=20, max_side=40))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_emulated_matches_cpu_and_reference(dtype, channels_last, quantize, normalize):
+    mean, std = ((123.7, 116.3, 103.5), (58.4, 57.1, 57.4)) if normalize else (None, None)
+    for k, args in enumerate(_emulated_samples()):
+        grid_y = (1, 3, 7, 0)[k % 4]  # 0: the grid the real launch uses
+        got = _emulated(args, grid_y, mean, std, quantize, dtype, channels_last)
+        cpu = rescale_gather(*args, mean=mean, std=std, quantize=quantize, dtype=dtype, channels_last=channels_last)
+        want = rescale_gather_reference(*args, mean=mean, std=std, quantize=quantize, dtype=torch.float64)
+        assert got.shape == want.shape and got.dtype == dtype
+        assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        scale = 1.0 / min(std) if normalize else 1.0
+        tol = TOL[dtype] * (max(scale, 1.0) if dtype == torch.float32 else scale)
+        assert (got.double() - want).abs().max().item() <= tol
+        if quantize and not normalize:  # integers 0..255: exact in every dtype, so bit-identical
+            assert torch.equal(got, cpu) and torch.equal(got.double(), want)
+        else:  # the CPU kernel blends in another float order: within rounding of the dtype
+            assert (got.double() - cpu.double()).abs().max().item() <= tol
+
+
+def test_emulated_grid_stride_covers_every_patch_once():
+    args = make_sample(5, n_windows=4, per_window=6, patch=17, min_side=30, max_side=50)  # 289 px: 2 blocks
+    ref = _emulated(args, 0, quantize=True)
+    for grid_y in (1, 2, 3, 7, 1000):
+        assert torch.equal(_emulated(args, grid_y, quantize=True), ref), grid_y
+    assert torch.equal(ref, rescale_gather(*args, quantize=True))
+
+
+def test_emulated_half_and_bfloat16_conversion_is_round_to_nearest_even():
+    """The kernel converts to 16-bit floats with its own bit arithmetic; it must equal torch's
+    conversion of the float32 result bit for bit, overflow, subnormals and ties included."""
+    args = make_sample(9, n_windows=5, per_window=8, patch=6)
+    for mean, std in [((0.0, 3.0, 0.5), (1e-3, 1e5, 1e7)), ((128.0, 0.0, 255.0), (0.0117, 3.3e3, 0.37)),
+                      ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))]:
+        for quantize in (False, True):
+            f32 = _emulated(args, 3, mean, std, quantize, torch.float32)
+            for dtype in (torch.float16, torch.bfloat16):
+                got = _emulated(args, 3, mean, std, quantize, dtype)
+                want = f32.to(dtype)
+                assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (mean, std, dtype)
+    f32 = _emulated(args, 3, (0.0, 3.0, 0.5), (1e-3, 1e5, 1e7), False, torch.float32)
+    h = f32.to(torch.float16)
+    assert torch.isinf(h).any() and ((h != 0) & (h.abs() < 6.1e-5)).any()  # overflow and subnormals were met
+
+
+def test_emulated_refuses_what_the_kernel_refuses():
+    args = list(make_sample(1))
+    args[4] = torch.tensor([[0, -1, 0]])
+    with pytest.raises(ValueError, match="corners"):
+        _emulated(tuple(args), 1)

@@ -38,16 +38,8 @@ at::Tensor rescale_gather_cuda(const at::Tensor& pixels, const at::Tensor& offse
   if (n == 0) return out;
   const at::Tensor desc = desc_host.to(pixels.device(), /*non_blocking=*/true);
 
-  GatherParams params;
-  for (int c = 0; c < 3; ++c) {
-    params.mean[c] = norm.mean[c];
-    params.inv_std[c] = norm.inv_std[c];
-  }
-  params.quantize = quantize;
-  params.channels_last = channels_last;
-  const OutDtype code = out_dtype == at::kFloat  ? OutDtype::kFloat32
-                        : out_dtype == at::kHalf ? OutDtype::kFloat16
-                                                 : OutDtype::kBFloat16;
+  const GatherParams params = make_params(norm, quantize, channels_last);
+  const OutDtype code = out_dtype_code(out_dtype);
   launch_rescale_gather(pixels.data_ptr<uint8_t>(), desc.data_ptr<int64_t>(), n,
                         static_cast<int32_t>(patch), params, code, out.data_ptr(),
                         c10::cuda::getCurrentCUDAStream());

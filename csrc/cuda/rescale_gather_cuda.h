@@ -5,16 +5,9 @@
 
 #include <cstdint>
 
+#include "../rescale_pixel.h"  // OutDtype, GatherParams
+
 namespace rescale_ext {
-
-enum class OutDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-struct GatherParams {
-  float mean[3];
-  float inv_std[3];
-  bool quantize;
-  bool channels_last;
-};
 
 // Launches ONE kernel for all n patches on `stream`; `desc` is a device int64 [n, kDescFields] table.
 void launch_rescale_gather(const uint8_t* pixels, const int64_t* desc, int64_t n, int32_t patch,
