@@ -12,8 +12,14 @@
 
 #if defined(__CUDA_ARCH__)
 #define RESCALE_LDG(ptr) __ldg(ptr)
+// Explicitly rounded float operations: nvcc would otherwise contract a * b - c into one FMA, whose
+// single rounding differs from the host's two; these keep device and host results bit-identical.
+#define RESCALE_FMUL(a, b) __fmul_rn((a), (b))
+#define RESCALE_FSUB(a, b) __fsub_rn((a), (b))
 #else
 #define RESCALE_LDG(ptr) (*(ptr))
+#define RESCALE_FMUL(a, b) ((a) * (b))
+#define RESCALE_FSUB(a, b) ((a) - (b))
 #endif
 
 namespace rescale_ext {
@@ -129,9 +135,9 @@ RESCALE_HD void gather_pixel(const uint8_t* __restrict__ pixels, const int64_t* 
   for (int ch = 0; ch < 3; ++ch) {
     const int32_t num = blend(RESCALE_LDG(a + ch), RESCALE_LDG(b + ch), RESCALE_LDG(c + ch),
                               RESCALE_LDG(e + ch), tx.w1, ty.w1, two_q);
-    float v = static_cast<float>(num) * inv_den;
+    float v = RESCALE_FMUL(static_cast<float>(num), inv_den);
     if (params.quantize) v = static_cast<float>(round_ratio(num, den, v));
-    v = (v - params.mean[ch]) * params.inv_std[ch];
+    v = RESCALE_FMUL(RESCALE_FSUB(v, params.mean[ch]), params.inv_std[ch]);
     out[output_offset(i, ch, pix, plane, params.channels_last)] = encode<store_t>(v, dtype);
   }
 }

@@ -488,3 +488,18 @@ def test_emulated_refuses_what_the_kernel_refuses():
     args[4] = torch.tensor([[0, -1, 0]])
     with pytest.raises(ValueError, match="corners"):
         _emulated(tuple(args), 1)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_equals_emulated_bit_for_bit(dtype, channels_last):
+    """The GPU runs the very arithmetic the emulation runs on the CPU: identical bits."""
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    for args in _emulated_samples():
+        for quantize in (False, True):
+            emu = _emulated(args, 0, mean, std, quantize, dtype, channels_last)
+            gpu = rescale_gather(args[0].cuda(), *args[1:], mean=mean, std=std, quantize=quantize, dtype=dtype,
+                                 channels_last=channels_last).cpu()
+            assert torch.equal(gpu.view(torch.int16) if dtype != torch.float32 else gpu,
+                               emu.view(torch.int16) if dtype != torch.float32 else emu)
