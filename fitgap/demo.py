@@ -5,7 +5,10 @@
    the encoder on held-out photos;
 3. fine-tune on ONE generator family (tconv) from the pre-trained encoder, and from scratch;
 4. evaluate both on all three families (held-out photos);
-5. draw the patch-similarity map of the pre-trained encoder and a t-SNE of the detector's features,
+5. the shortcut checks: an audit of the mini-benchmark's files (can format or size alone separate
+   real from fake?) and the resampling sensitivity of the fine-tuned detector (decisions and AP
+   under resizing with several kernels, JPEG and blur);
+6. draw the patch-similarity map of the pre-trained encoder and a t-SNE of the detector's features,
    and write runs/demo/report.md.
 Every step resumes or is skipped when its output already exists.
 """
@@ -24,6 +27,7 @@ from .evaluate import format_markdown
 RUN = os.path.join("runs", "demo")
 PRETRAIN_CONFIG = os.path.join("configs", "demo_pretrain.yaml")
 FINETUNE_CONFIG = os.path.join("configs", "demo_finetune.yaml")
+ROBUSTNESS_PER_CLASS = 24
 
 
 def scratch_overrides(pretrain_config: str = PRETRAIN_CONFIG) -> List[str]:
@@ -92,6 +96,15 @@ def main() -> None:
         timings[name] = time.time() - t
 
     t = time.time()
+    sh("-m", "fitgap.audit", "--bench", "mini", "--split", "test", "--out", os.path.join(RUN, "audit"),
+       "--workers", "0")
+    sh("-m", "fitgap.robustness", "--ckpt", os.path.join(RUN, "finetune", "best.pt"), "--bench", "mini",
+       "--split", "test", "--out", os.path.join(RUN, "robustness"), "--device", "cpu", "--workers", "1",
+       "--max-per-class", str(ROBUSTNESS_PER_CLASS), "--factors", "0.5", "0.75", "1.5",
+       "--kernels", "bilinear", "bilinear-noaa", "bicubic", "area", "--jpeg", "75", "--webp", "--blur", "1")
+    timings["shortcut checks"] = time.time() - t
+
+    t = time.time()
     sh("-m", "fitgap.analysis", "similarity", "--ckpt", pre, "--images", os.path.join(".cache", "photos", "heldout"),
        "--crop", "96", "--patch", "32", "--count", "64", "--out", RUN, "--device", "cpu")
     sh("-m", "fitgap.analysis", "tsne", "--ckpt", os.path.join(RUN, "finetune", "best.pt"), "--bench", "mini",
@@ -113,7 +126,9 @@ def main() -> None:
     lines += ["## Cross-family evaluation", "",
               format_markdown(results["pretrained"], "fine-tuned from the pre-trained encoder"), "",
               format_markdown(results["scratch"], "fine-tuned from scratch (ablation)"), "",
-              "![AP per family](ablation_ap.png)", "", "## Time (s)", "",
+              "![AP per family](ablation_ap.png)", ""]
+    lines += shortcut_section()
+    lines += ["## Time (s)", "",
               "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += [f"| total | {time.time() - t0:.0f} |", ""]
@@ -127,6 +142,33 @@ def main() -> None:
     atomic_write_text(os.path.join(RUN, "report.md"), report)
     print("\n" + report, flush=True)
     print(f"\nreport: {os.path.join(RUN, 'report.md')}", flush=True)
+
+
+def shortcut_section() -> List[str]:
+    """The audit's verdict and the resampling table, beside the numbers above."""
+    with open(os.path.join(RUN, "audit", "audit.json")) as f:
+        audit = json.load(f)
+    with open(os.path.join(RUN, "robustness", "robustness.json")) as f:
+        rob = json.load(f)
+    lines = ["## Is it detecting generators or resizing?", "",
+             "Metadata-only AP per family (a classifier on file format, JPEG quality and size alone; "
+             ">= 90 would flag a shortcut): " + ", ".join(
+                 f"{k} {_pct(v['metadata_ap'])}" for k, v in audit["subsets"].items()) + (
+                 f". Flagged: {', '.join(audit['flagged'])}." if audit["flagged"] else
+                 ". None flagged: every file is a PNG of one size, so the detector cannot use file history here."),
+             "", f"Fine-tuned detector (from the pre-trained encoder), {ROBUSTNESS_PER_CLASS} real + "
+             f"{ROBUSTNESS_PER_CLASS} fake test images per family, "
+             "every condition applied to both classes (full tables: robustness/robustness.md):", "",
+             "| condition | mean AP | real flip | real to fake | fake flip |", "|---|---|---|---|---|"]
+    for name, r in rob["mean"].items():
+        lines.append(f"| {name} | {_pct(r['ap'])} | {_pct(r['real_flip'])} | {_pct(r['real_to_fake'])} | "
+                     f"{_pct(r['fake_flip'])} |")
+    lines += ["", "![resampling sensitivity](robustness/resize_ap.png)", ""]
+    return lines
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def _read_jsonl(path):
