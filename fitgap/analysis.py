@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .data import ImageError, decode_rgb, list_images
 from .evaldata import center_crop, to_tensor
+from .errors import InputError
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def diagonal_similarity(encoder, images: Sequence[np.ndarray], crop: int = 256, 
                         device="cpu", seed: int = 0, batch: int = 64) -> np.ndarray:
     """Mean [count, count] cosine-similarity matrix of diagonal patches (stride 1)."""
     if patch + count - 1 > crop:
-        raise ValueError(f"patch {patch} + count {count} - 1 exceeds the crop {crop}")
+        raise InputError(f"patch {patch} + count {count} - 1 exceeds the crop {crop}")
     rng = np.random.default_rng(seed)
     total = torch.zeros(count, count, dtype=torch.float64)
     used = 0
@@ -50,7 +51,7 @@ def diagonal_similarity(encoder, images: Sequence[np.ndarray], crop: int = 256, 
         total += f @ f.T
         used += 1
     if not used:
-        raise ValueError(f"no image is at least {crop}x{crop}")
+        raise InputError(f"no image is at least {crop}x{crop}")
     return (total / used).numpy()
 
 
@@ -208,7 +209,7 @@ def run_tsne(args) -> str:
                         feats.append(f)
                         groups.append(f"{sub.name} {cls}" + ("" if size is None else f" @{size}"))
     if len(feats) < 5:
-        raise ValueError("t-SNE needs at least 5 images")
+        raise InputError("t-SNE needs at least 5 images")
     x = np.stack(feats)
     pts = tsne_points(x, args.seed)
     os.makedirs(args.out, exist_ok=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .data import IMAGE_EXTENSIONS
+from .errors import InputError, MissingInput
 
 SELFSYNTH = ["AttGAN", "BEGAN", "CramerGAN", "InfoMaxGAN", "MMDGAN", "RelGAN", "S3GAN", "SNGAN", "STGAN"]
 FORENSYNTHS = ["progan", "stylegan", "stylegan2", "biggan", "cyclegan", "stargan", "gaugan", "deepfake"]
@@ -144,7 +145,7 @@ def folder(root: str) -> List[Subset]:
             out.append(_finish("." if name == "." else name, _pair(dirpath), True))
             dirnames[:] = [d for d in dirnames if d not in ("0_real", "1_fake")]
     if not out:
-        raise FileNotFoundError(f"no 0_real/1_fake folders under {root!r}")
+        raise MissingInput(f"no 0_real/1_fake folders under {root!r}")
     return out
 
 
@@ -181,11 +182,11 @@ def synthbuster(root: str, real_root: Optional[str]) -> List[Subset]:
     """Synthbuster: every generator folder's images are fakes; the same real photos (RAISE-1k, given
     by --real-root) are the reals of every subset."""
     if not real_root or not os.path.isdir(real_root):
-        raise FileNotFoundError(f"--real-root: {real_root!r} is not a folder (synthbuster keeps its real "
+        raise MissingInput(f"--real-root: {real_root!r} is not a folder (synthbuster keeps its real "
                                 "photos, RAISE-1k, apart from the generators)")
     reals = [(p, 0) for p in _images(real_root)]
     if not reals:
-        raise FileNotFoundError(f"--real-root: no images under {real_root!r}")
+        raise MissingInput(f"--real-root: no images under {real_root!r}")
     real_abs = os.path.abspath(real_root)
     out = []
     for name in _ordered_names(root, SYNTHBUSTER):
@@ -214,7 +215,7 @@ def csv_list(path: str) -> List[Subset]:
     import csv
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--root: {path!r} is not a CSV file (bench csv)")
+        raise MissingInput(f"--root: {path!r} is not a CSV file (bench csv)")
     base = os.path.dirname(os.path.abspath(path))
     groups: Dict[str, List[Tuple[str, int]]] = {}
     with open(path, newline="") as f:
@@ -225,11 +226,11 @@ def csv_list(path: str) -> List[Subset]:
             if n == 1 and row[0].lower() in ("path", "file", "filename", "image"):
                 continue  # header
             if len(row) < 2 or row[1].lower() not in CSV_LABELS:
-                raise ValueError(f"{path}:{n}: expected path,label[,subset] with label 0/1 or real/fake, got {row}")
+                raise InputError(f"{path}:{n}: expected path,label[,subset] with label 0/1 or real/fake, got {row}")
             p = row[0] if os.path.isabs(row[0]) else os.path.join(base, row[0])
             groups.setdefault(row[2] if len(row) > 2 and row[2] else "all", []).append((p, CSV_LABELS[row[1].lower()]))
     if not groups:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     return [Subset(name, sorted(items, key=lambda t: t[1])) for name, items in groups.items()]
 
 
@@ -239,7 +240,7 @@ def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] =
     (genimage: train/val, default val; mini: train/test, default test; wildrf: train/val/test, default
     test) is ignored by the other layouts."""
     if name not in BENCHES:
-        raise ValueError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
+        raise InputError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
     if name == "mini":
         from .minibench import ensure_minibench
 
@@ -249,7 +250,7 @@ def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] =
         found = csv_list(root or "")
     else:
         if not root or not os.path.isdir(root):
-            raise FileNotFoundError(f"--root: {root!r} is not a folder (benchmark {name})")
+            raise MissingInput(f"--root: {root!r} is not a folder (benchmark {name})")
         readers = {"forensynths": forensynths, "selfsynth": selfsynth, "folder": folder, "ufd": ufd,
                    "chameleon": chameleon, "genimage": lambda r: genimage(r, split or "val"),
                    "wildrf": lambda r: wildrf(r, split or "test"),

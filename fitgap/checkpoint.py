@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from .errors import CheckpointError, MissingInput
 
 
 def _atomic(path: str, write) -> None:
@@ -63,11 +64,21 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def load(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise MissingInput(f"checkpoint {path!r} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise RuntimeError(f"cannot read checkpoint {path!r}: {exc}") from exc
+    except Exception as exc:  # a truncated or foreign file: say what to do, in one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({reason}); {_what_to_do(path)}") from None
+
+
+def _what_to_do(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    copies = sorted(f for f in os.listdir(folder) if f.endswith(".pt") and f != os.path.basename(path)
+                    and not f.startswith(".tmp-")) if os.path.isdir(folder) else []
+    where = (f"other checkpoints in {folder}: {', '.join(copies)} (copy one over {os.path.basename(path)} "
+             "to resume from it)" if copies else f"no other checkpoint in {folder}")
+    return f"{where}; or start afresh with another name= (or remove {folder})"
 
 
 def save_training(path: str, model, optimizer, scaler, cfg: Dict[str, Any], kind: str, **counters) -> None:

@@ -13,8 +13,10 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
+from .errors import FitgapError
 
-class ConfigError(ValueError):
+
+class ConfigError(FitgapError, ValueError):
     """A config that cannot run; the message names the key."""
 
 
@@ -22,10 +24,21 @@ def _type_name(v):
     return type(v).__name__
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check `value` against the type of `default` (None defaults accept anything)."""
-    if default is None or value is None:
+_KINDS = ((bool, "true/false"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+          (dict, "a mapping"))
+
+
+def _coerce(key: str, value: Any, default: Any, nullable: bool = False) -> Any:
+    """Check `value` against the type of `default`. A key whose task default is null (`nullable`)
+    takes null (one of its documented choices); any other key refuses it."""
+    if value is None and nullable:
         return value
+    if default is None:
+        return value
+    if value is None:
+        kind = next(name for t, name in _KINDS if isinstance(default, t)) if isinstance(
+            default, tuple(t for t, _ in _KINDS)) else type(default).__name__
+        raise ConfigError(f"{key}: null is not a choice here; expected {kind} (default {default!r})")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -58,8 +71,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def merge(defaults: Dict[str, Any], updates: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """Deep-merge `updates` into a copy of `defaults`, refusing unknown keys and wrong types."""
+def merge(defaults: Dict[str, Any], updates: Dict[str, Any], prefix: str = "",
+          schema: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Deep-merge `updates` into a copy of `defaults`, refusing unknown keys and wrong types.
+    `schema` (default: `defaults`) holds the task's own defaults: null is accepted where they are null."""
+    schema = defaults if schema is None else schema
     out = copy.deepcopy(defaults)
     if not isinstance(updates, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {updates!r}")
@@ -69,10 +85,11 @@ def merge(defaults: Dict[str, Any], updates: Dict[str, Any], prefix: str = "") -
             valid = ", ".join(sorted(f"{prefix}{x}" for x in defaults))
             raise ConfigError(f"unknown key {key!r}; valid keys here: {valid}")
         d = defaults[k]
+        sd = schema.get(k) if isinstance(schema, dict) else None
         if isinstance(d, dict) and d and isinstance(v, dict):
-            out[k] = merge(d, v, key + ".")
+            out[k] = merge(d, v, key + ".", sd if isinstance(sd, dict) else d)
         else:
-            out[k] = _coerce(key, v, d)
+            out[k] = _coerce(key, v, d, nullable=k in schema and sd is None if isinstance(schema, dict) else False)
     return out
 
 
@@ -111,8 +128,8 @@ def load_config(path: Optional[str], overrides: Iterable[str], defaults: Dict[st
                 data = yaml.safe_load(f) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        cfg = merge(cfg, data)
-    return merge(cfg, parse_overrides(overrides))
+        cfg = merge(cfg, data, schema=defaults)
+    return merge(cfg, parse_overrides(overrides), schema=defaults)
 
 
 def get(cfg: Dict[str, Any], dotted: str) -> Any:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from rescale_ext import pack_windows
 
 from .plan import PlanSpec, make_plan
+from .errors import InputError, MissingInput
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -45,7 +46,7 @@ def list_images(source: str) -> List[str]:
             lines = [ln.strip() for ln in f]
         return [ln if os.path.isabs(ln) else os.path.join(base, ln)
                 for ln in lines if ln and not ln.startswith("#")]
-    raise FileNotFoundError(f"image source {source!r} is neither a folder nor a file list")
+    raise MissingInput(f"image source {source!r} is neither a folder nor a file list")
 
 
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
@@ -104,7 +105,7 @@ class WindowDataset(Dataset):
 
     def __init__(self, paths: Sequence[str], max_tries: int = 16, cache_images: int = 0):
         if not paths:
-            raise ValueError("no images found")
+            raise InputError("no images found")
         self.paths = list(paths)
         self.max_tries = max_tries
         self.cache_images = cache_images  # decoded images kept per worker (small datasets)
@@ -144,7 +145,7 @@ class WindowDataset(Dataset):
             rng = np.random.default_rng(slot.seed)
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
             return np.ascontiguousarray(img[y:y + s, x:x + s]), skipped
-        raise RuntimeError(f"no usable image among {min(self.max_tries, n)} candidates starting at "
+        raise InputError(f"no usable image among {min(self.max_tries, n)} candidates starting at "
                            f"{self.paths[index]!r}: {skipped[-3:]}")
 
 
@@ -165,7 +166,7 @@ class PlanBatchSampler(Sampler):
         if steps_per_epoch is None:
             steps_per_epoch = per_rank // spec.images
             if steps_per_epoch == 0:
-                raise ValueError(f"{n_images} images give no full batch of {spec.images} images per "
+                raise InputError(f"{n_images} images give no full batch of {spec.images} images per "
                                  f"rank x {world_size} ranks; set train.steps_per_epoch to cycle")
         self.steps = steps_per_epoch
         self.epoch = 0

@@ -14,6 +14,7 @@ from . import distributed as D
 from .data import list_images
 from .detector import load_detector, score_crops
 from .evaldata import EvalDataset, Perturbation
+from .errors import MissingInput
 
 
 def expand(paths):
@@ -24,7 +25,7 @@ def expand(paths):
         elif os.path.isfile(p):
             out.append(p)
         else:
-            raise FileNotFoundError(f"{p!r} does not exist")
+            raise MissingInput(f"{p!r} does not exist")
     return out
 
 
@@ -61,8 +62,6 @@ def main(args, out=sys.stdout):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from .cli import run_main
+
+    run_main(main, get_args_parser().parse_args())

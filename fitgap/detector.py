@@ -9,6 +9,7 @@ import torch
 from . import checkpoint as ckpt
 from .models import Detector, encoder_from_config
 from .optim import amp_context
+from .errors import InputError
 
 
 def load_pretrained_encoder(detector: Detector, path: str) -> Dict[str, List[str]]:
@@ -20,10 +21,10 @@ def load_pretrained_encoder(detector: Detector, path: str) -> Dict[str, List[str
     missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
     unexpected = [k for k in result.unexpected_keys if not k.startswith("head.")]
     if missing or unexpected:
-        raise ValueError(f"init: {path} does not fit this encoder: missing {missing[:5]}, "
+        raise InputError(f"init: {path} does not fit this encoder: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     if not any(k.startswith("classifier.") for k in result.missing_keys):
-        raise ValueError(f"init: {path} already holds a classifier; give a pre-training checkpoint")
+        raise InputError(f"init: {path} already holds a classifier; give a pre-training checkpoint")
     return {"missing": result.missing_keys, "unexpected": result.unexpected_keys}
 
 
@@ -31,7 +32,7 @@ def load_detector(path: str, device) -> Tuple[Detector, Dict[str, Any]]:
     """A fine-tuned detector checkpoint -> (model in eval mode on `device`, its config)."""
     saved = ckpt.load(path)
     if saved.get("kind") != "detector":
-        raise ValueError(f"--ckpt: {path} is not a detector checkpoint (kind={saved.get('kind')!r}); "
+        raise InputError(f"--ckpt: {path} is not a detector checkpoint (kind={saved.get('kind')!r}); "
                          "fine-tune a pre-trained encoder with finetune.py first")
     cfg = saved["config"]
     model = Detector(encoder_from_config(cfg["model"]))
@@ -82,7 +83,7 @@ def load_encoder(path: str, device):
     saved = ckpt.load(path)
     cfg = saved.get("config", {})
     if "model" not in cfg:
-        raise ValueError(f"--ckpt: {path} has no model description in its config")
+        raise InputError(f"--ckpt: {path} has no model description in its config")
     encoder = encoder_from_config(cfg["model"])
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)}

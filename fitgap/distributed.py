@@ -7,6 +7,7 @@ from typing import List
 
 import torch
 import torch.distributed as dist
+from .errors import InputError
 
 
 @dataclass
@@ -25,15 +26,20 @@ class DistInfo:
         return self.world_size > 1
 
 
+def uses_cuda(device: str) -> bool:
+    """Whether a run with this `device` setting runs on CUDA devices."""
+    return torch.cuda.is_available() if device == "auto" else device == "cuda"
+
+
 def init(device: str = "auto") -> DistInfo:
     """Set up from torchrun's environment (NCCL on GPUs, gloo on CPUs); a plain `python` run is a
     world of one. `device`: auto | cpu | cuda."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = uses_cuda(device)
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA device is available")
+        raise InputError("device=cuda was asked for but no CUDA device is available")
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)

@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from .data import ImageError, decode_rgb
+from .errors import InputError
 
 
 RESIZE_KERNELS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
@@ -65,7 +66,7 @@ def parse_reencode(spec: Optional[str]) -> Optional[Tuple[str, Optional[int]]]:
             return ("JPEG" if fmt != "webp" else "WEBP"), int(q)
     except ValueError:
         pass
-    raise ValueError(f"--reencode: png, jpeg:Q or webp:Q with Q in 1..100, got {spec!r}")
+    raise InputError(f"--reencode: png, jpeg:Q or webp:Q with Q in 1..100, got {spec!r}")
 
 
 @dataclass(frozen=True)
@@ -82,17 +83,17 @@ class Perturbation:
 
     def check(self) -> None:
         if self.jpeg is not None and not 1 <= self.jpeg <= 100:
-            raise ValueError(f"--jpeg: quality must be in 1..100, got {self.jpeg}")
+            raise InputError(f"--jpeg: quality must be in 1..100, got {self.jpeg}")
         if self.webp is not None and not 1 <= self.webp <= 100:
-            raise ValueError(f"--webp: quality must be in 1..100, got {self.webp}")
+            raise InputError(f"--webp: quality must be in 1..100, got {self.webp}")
         if self.blur is not None and self.blur <= 0:
-            raise ValueError(f"--blur: sigma must be positive, got {self.blur}")
+            raise InputError(f"--blur: sigma must be positive, got {self.blur}")
         if self.resize is not None and self.resize <= 0:
-            raise ValueError(f"--resize: factor must be positive, got {self.resize}")
+            raise InputError(f"--resize: factor must be positive, got {self.resize}")
         if self.resize_kernel not in RESIZE_KERNELS:
-            raise ValueError(f"--resize-kernel: one of {', '.join(RESIZE_KERNELS)}, got {self.resize_kernel!r}")
+            raise InputError(f"--resize-kernel: one of {', '.join(RESIZE_KERNELS)}, got {self.resize_kernel!r}")
         if self.antialias is False and self.resize_kernel not in ANTIALIAS_CHOICE:
-            raise ValueError(f"--antialias off: only {' and '.join(ANTIALIAS_CHOICE)} have the choice, "
+            raise InputError(f"--antialias off: only {' and '.join(ANTIALIAS_CHOICE)} have the choice, "
                              f"not {self.resize_kernel}")
         parse_reencode(self.reencode)
 
@@ -166,7 +167,7 @@ class EvalDataset(Dataset):
     def __init__(self, items: Sequence[Tuple[str, int]], crop: int, mode: str, mean, std,
                  perturb: Perturbation = Perturbation()):
         if mode not in ("center", "tiles"):
-            raise ValueError(f"--crop: center or tiles, got {mode!r}")
+            raise InputError(f"--crop: center or tiles, got {mode!r}")
         self.items, self.crop, self.mode, self.mean, self.std, self.perturb = items, crop, mode, mean, std, perturb
 
     def __len__(self):
@@ -195,7 +196,7 @@ class TrainCrops(Dataset):
                  jpeg_prob: float = 0.0, jpeg_quality: Tuple[int, int] = (60, 95), blur_prob: float = 0.0,
                  blur_sigma: Tuple[float, float] = (0.1, 2.0), seed: int = 0):
         if not items:
-            raise ValueError("no training images")
+            raise InputError("no training images")
         self.items, self.patch, self.mean, self.std = list(items), patch, mean, std
         self.flip, self.jpeg_prob, self.jpeg_quality = flip, jpeg_prob, jpeg_quality
         self.blur_prob, self.blur_sigma, self.seed = blur_prob, blur_sigma, seed
@@ -230,7 +231,7 @@ class TrainCrops(Dataset):
             if self.flip and rng.random() < 0.5:
                 a = a[:, ::-1]
             return to_tensor(a, self.mean, self.std), label, skipped
-        raise RuntimeError(f"no usable training image near {self.items[i][0]!r}: {skipped[-3:]}")
+        raise InputError(f"no usable training image near {self.items[i][0]!r}: {skipped[-3:]}")
 
 
 def collate_train(items):

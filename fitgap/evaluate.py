@@ -22,6 +22,7 @@ from .checkpoint import atomic_write_text
 from .detector import load_detector, score_crops
 from .evaldata import EvalDataset, Perturbation, collate_eval
 from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
+from .errors import InputError, MissingInput
 
 NON_FINITE = "non-finite score"
 
@@ -209,7 +210,7 @@ def load_threshold(src: str) -> Tuple[float, str]:
     if os.path.isdir(src):
         src = os.path.join(src, "scores.csv")
     if not os.path.isfile(src):
-        raise FileNotFoundError(f"--threshold-from: {src!r} does not exist (give an evaluation folder, its "
+        raise MissingInput(f"--threshold-from: {src!r} does not exist (give an evaluation folder, its "
                                 "scores.csv, or a JSON file with a threshold)")
     if src.endswith(".json"):
         with open(src) as f:
@@ -218,12 +219,12 @@ def load_threshold(src: str) -> Tuple[float, str]:
             return float(data["threshold"]), src
         src = os.path.join(os.path.dirname(src), "scores.csv")
         if not os.path.isfile(src):
-            raise FileNotFoundError(f"--threshold-from: no scores.csv beside that results.json ({src!r})")
+            raise MissingInput(f"--threshold-from: no scores.csv beside that results.json ({src!r})")
     labels, scores = read_scores_csv(src)
     try:
         return fit_threshold(labels, scores), f"fitted on {src}"
     except ValueError as exc:
-        raise ValueError(f"--threshold-from: {src}: {exc}") from None
+        raise InputError(f"--threshold-from: {src}: {exc}") from None
 
 
 def run_title(bench: str, ckpt_path: str, perturb: Perturbation) -> str:

@@ -24,7 +24,7 @@ from .evaluate import evaluate_subsets, format_markdown
 from .models import Detector, encoder_from_config
 from .optim import amp_context, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-from .pretrain import IMAGENET_MEAN, IMAGENET_STD
+from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_sync_bn
 from .runlog import JsonlLog, cosine_schedule, start_run
 
 DEFAULTS: Dict[str, Any] = {
@@ -61,6 +61,7 @@ def check(cfg: Dict[str, Any], world_size: int) -> None:
     C.require(cfg["fewshot"]["k"] >= 1, "fewshot.k", "must be >= 1")
     C.require(cfg["eval"]["crop"] in ("center", "tiles"), "eval.crop", "center or tiles")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    check_sync_bn(cfg)
 
 
 def split_items(items: List[Tuple[str, int]], val_fraction: float, seed: int):

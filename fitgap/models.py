@@ -8,6 +8,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .errors import InputError, MissingInput
 
 
 class HighPass(nn.Module):
@@ -41,30 +42,30 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
     max-pool (ResNet family): a 3x3 max over a period-3 pattern is flat, so the pool erases the
     periodic rescaling pattern that the first layers could otherwise see."""
     if pretrained:
-        raise ValueError("model.pretrained: weights are never downloaded; set model.weights to a "
+        raise InputError("model.pretrained: weights are never downloaded; set model.weights to a "
                          "local state_dict file instead")
     try:
         backbone = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as exc:
-        raise ValueError(f"model.backbone: unknown timm model {name!r} ({exc})") from None
+        raise InputError(f"model.backbone: unknown timm model {name!r} ({exc})") from None
     if weights:
         if not os.path.isfile(weights):
-            raise FileNotFoundError(f"model.weights: {weights!r} does not exist")
+            raise MissingInput(f"model.weights: {weights!r} does not exist")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         result = backbone.load_state_dict(state, strict=False)
         unexpected = [k for k in result.unexpected_keys if not k.startswith(("fc.", "head", "classifier"))]
         if result.missing_keys or unexpected:
-            raise ValueError(f"model.weights: {weights} does not match {name}: missing "
+            raise InputError(f"model.weights: {weights} does not match {name}: missing "
                              f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
     if stem_stride is not None:
         conv = _first_conv(backbone)
         if conv is None:
-            raise ValueError(f"model.stem_stride: {name} has no Conv2d")
+            raise InputError(f"model.stem_stride: {name} has no Conv2d")
         conv.stride = (stem_stride, stem_stride)
     if not stem_pool:
         if not isinstance(getattr(backbone, "maxpool", None), nn.MaxPool2d):
-            raise ValueError(f"model.stem_pool: {name} has no stem max-pool to remove")
+            raise InputError(f"model.stem_pool: {name} has no stem max-pool to remove")
         backbone.maxpool = nn.Identity()
     return Encoder(backbone, highpass)
 

@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 
 from . import distributed as D
+from .errors import FitgapError
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(FitgapError, RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
 

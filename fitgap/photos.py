@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 from typing import Dict, List
+from .errors import MissingInput
 
 # Split by photo: the held-out photos never reach pre-training or fine-tuning.
 TRAIN = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg",
@@ -34,7 +35,7 @@ def photo_path(name: str) -> str:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"photo {name!r} not found in scikit-image / scikit-learn ({_folders()})")
+    raise MissingInput(f"photo {name!r} not found in scikit-image / scikit-learn ({_folders()})")
 
 
 def export_photos(dest: str) -> Dict[str, str]:

@@ -39,7 +39,9 @@ DEFAULTS: Dict[str, Any] = {
     "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
     "model": {"backbone": "legacy_xception", "pretrained": False, "weights": None,
               "stem_stride": None, "stem_pool": True, "highpass": False, "proj_hidden": 2048, "proj_dim": 128},
-    "loss": {"temperature": 0.1, "gather": True},
+    # base_temperature: null = the temperature (loss values then are t_base/t = 1.43x below those of
+    # SupContrast's default base 0.07 at temperature 0.1; set 0.07 to log comparable numbers)
+    "loss": {"temperature": 0.1, "base_temperature": None, "gather": True},
     "optim": {"lr": 2e-4, "betas": [0.9, 0.999], "weight_decay": 2e-4, "warmup_steps": 500,
               "min_lr": 0.0, "grad_clip": 0.0},
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
@@ -81,18 +83,28 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
               "must be >= 1 or null")
     C.require(t["ckpt_every"] >= 1 and t["log_every"] >= 1, "train.ckpt_every", "and train.log_every must be >= 1")
     C.require(cfg["loss"]["temperature"] > 0, "loss.temperature", "must be positive")
+    bt = cfg["loss"]["base_temperature"]
+    C.require(bt is None or (isinstance(bt, (int, float)) and not isinstance(bt, bool) and bt > 0),
+              "loss.base_temperature", f"a positive number or null (= loss.temperature), got {bt!r}")
     C.require(cfg["optim"]["lr"] > 0, "optim.lr", "must be positive")
     C.require(len(cfg["optim"]["betas"]) == 2, "optim.betas", "needs two values")
     for k in ("mean", "std"):
         C.require(len(cfg["normalize"][k]) == 3, f"normalize.{k}", "needs 3 values")
     C.require(all(s > 0 for s in cfg["normalize"]["std"]), "normalize.std", "must be positive")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    check_sync_bn(cfg)
     C.require(bool(cfg["data"]["train"]), "data.train", "set a folder of real images or a file list")
     C.require(os.path.exists(cfg["data"]["train"]), "data.train", f"{cfg['data']['train']!r} does not exist")
     if cfg["probe"]["images"]:
         C.require(os.path.exists(cfg["probe"]["images"]), "probe.images",
                   f"{cfg['probe']['images']!r} does not exist")
     return spec
+
+
+def check_sync_bn(cfg: Dict[str, Any]) -> None:
+    C.require(not cfg["train"]["sync_bn"] or D.uses_cuda(cfg["device"]), "train.sync_bn",
+              f"SyncBatchNorm works on CUDA devices only, and this run is on the CPU (device={cfg['device']}); "
+              "set train.sync_bn=false")
 
 
 def op_normalization(cfg: Dict[str, Any]):
@@ -120,10 +132,10 @@ def contrastive_step(model, batch, cfg, device, info: D.DistInfo):
     if cfg["loss"]["gather"] and info.distributed:
         contrast = D.all_gather_with_grad(z)
         contrast_labels = D.all_gather_nograd(labels)
-        loss = supcon_loss(z, labels, cfg["loss"]["temperature"], contrast=contrast,
+        loss = supcon_loss(z, labels, cfg["loss"]["temperature"], cfg["loss"]["base_temperature"], contrast=contrast,
                            contrast_labels=contrast_labels, anchor_offset=info.rank * z.shape[0])
     else:
-        loss = supcon_loss(z, labels, cfg["loss"]["temperature"])
+        loss = supcon_loss(z, labels, cfg["loss"]["temperature"], cfg["loss"]["base_temperature"])
     return loss, x.shape[0]
 
 

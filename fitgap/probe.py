@@ -8,6 +8,7 @@ photo is tested. Reported: ratio accuracy vs chance (overall and per ratio), and
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List
 
 import numpy as np
@@ -17,6 +18,7 @@ import rescale_ext
 from rescale_ext.reference import dst_length, source_taps
 
 from .data import ImageError, decode_rgb, list_images
+from .errors import InputError
 from .ratios import format_ratio, ratios_from_config
 
 
@@ -33,14 +35,17 @@ def clean_range(n: int, p: int, q: int):
 
 def probe_patches(paths: List[str], ratios, patch: int, per_image: int, window: int, quantize: bool,
                   mean, std, seed: int = 0):
-    """Patches of every photo at every ratio: x [M, 3, P, P], ratio index, phase index, photo index."""
+    """Patches of every photo at every ratio: x [M, 3, P, P], ratio index, phase index, photo index,
+    and the photos skipped [(path, reason)] (unreadable, or too small to give any patch)."""
     rng = np.random.default_rng(seed)
-    xs, ri, ph, img = [], [], [], []
+    xs, ri, ph, img, skipped = [], [], [], [], []
     for k, path in enumerate(paths):
         try:
             a = decode_rgb(path)
-        except ImageError:
+        except ImageError as exc:
+            skipped.append((path, f"unreadable: {exc}"))
             continue
+        n_before = len(xs)
         s = min(window, a.shape[0], a.shape[1])
         y, x = (a.shape[0] - s) // 2, (a.shape[1] - s) // 2
         pixels, offsets, sizes = rescale_ext.pack_windows([np.ascontiguousarray(a[y:y + s, x:x + s])])
@@ -57,9 +62,12 @@ def probe_patches(paths: List[str], ratios, patch: int, per_image: int, window: 
             ri += [j] * per_image
             ph += [int((a_ % q) * q + (b_ % q)) for a_, b_ in zip(ys, xs_)]
             img += [k] * per_image
+        if len(xs) == n_before:
+            skipped.append((path, f"too small: {a.shape[1]}x{a.shape[0]}"))
     if not xs:
-        raise ValueError("probe: no held-out photo gave a patch (photos too small for probe.window?)")
-    return torch.cat(xs), np.array(ri), np.array(ph), np.array(img)
+        raise InputError(f"probe: no held-out photo gave a patch (photos too small for probe.window?); "
+                         f"skipped: {skipped[:5]}")
+    return torch.cat(xs), np.array(ri), np.array(ph), np.array(img), skipped
 
 
 @torch.no_grad()
@@ -97,14 +105,16 @@ def leave_one_photo_out(f: np.ndarray, y: np.ndarray, photo: np.ndarray) -> np.n
 def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_image: int = 8,
                   window: int = 384, quantize: bool = True, mean=None, std=None, seed: int = 0
                   ) -> Dict[str, Any]:
-    x, ri, ph, img = probe_patches(paths, ratios, patch, per_image, window, quantize, mean, std, seed)
+    x, ri, ph, img, skipped = probe_patches(paths, ratios, patch, per_image, window, quantize, mean, std, seed)
     photos = np.unique(img)
     if len(photos) < 2:
-        raise ValueError(f"probe: {len(photos)} usable held-out photo(s); leave-one-photo-out needs >= 2")
+        raise InputError(f"probe: {len(photos)} usable held-out photo(s); leave-one-photo-out needs >= 2 "
+                         f"(skipped {len(skipped)}: {skipped[:5]})")
     f = encode(encoder, x, device)
     pred = leave_one_photo_out(f, ri, img)
     report = {"ratio_acc": float((pred == ri).mean()), "ratio_chance": 1.0 / len(ratios),
-              "n_test": int(len(ri)), "photos": int(len(photos)), "per_ratio": {}, "phase": {}}
+              "n_test": int(len(ri)), "photos": int(len(photos)), "per_ratio": {}, "phase": {},
+              "skipped": {"count": len(skipped), "examples": [f"{os.path.basename(p)}: {r}" for p, r in skipped[:5]]}}
     for j, r in enumerate(ratios):
         m = ri == j
         report["per_ratio"][format_ratio(r)] = float((pred[m] == j).mean()) if m.any() else float("nan")
@@ -145,7 +155,9 @@ def format_probe(r: Dict[str, Any]) -> str:
             f"accuracy {r['ratio_acc']:.3f} vs chance {r['ratio_chance']:.3f} ({ratio:.1f}x) [per ratio: {per}]; "
             f"phase accuracy per ratio: {phases}"
             + (f"; the encoder before pre-training: ratio accuracy {r['initial']['ratio_acc']:.3f} "
-               f"({r['initial']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "initial" in r else ""))
+               f"({r['initial']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "initial" in r else "")
+            + (f"; skipped {r['skipped']['count']} photo(s): {', '.join(r['skipped']['examples'])}"
+               if r.get("skipped", {}).get("count") else ""))
 
 
 def main(argv=None) -> Dict[str, Any]:
@@ -166,14 +178,14 @@ def main(argv=None) -> Dict[str, Any]:
         device = torch.device(args.device)
         encoder, cfg = load_encoder(args.ckpt, device)
         if "ratios" not in cfg or "plan" not in cfg:
-            raise ValueError(f"--ckpt: {args.ckpt} is not a pre-training checkpoint (no ratios/plan in its config)")
+            raise InputError(f"--ckpt: {args.ckpt} is not a pre-training checkpoint (no ratios/plan in its config)")
         cfg = dict(cfg, probe=dict(cfg.get("probe", {})))
         if args.images:
             cfg["probe"]["images"] = args.images
         if args.patches:
             cfg["probe"]["patches"] = args.patches
         if not cfg["probe"].get("images"):
-            raise ValueError("--images: the checkpoint names no probe.images; give a folder of held-out photos")
+            raise InputError("--images: the checkpoint names no probe.images; give a folder of held-out photos")
         report = run_probe(encoder, cfg, device)
         print(format_probe(report), flush=True)
         return report

@@ -39,6 +39,7 @@ from .checkpoint import atomic_write_text
 from .data import ImageError, decode_rgb
 from .detector import load_detector, score_crops
 from .evaldata import ANTIALIAS_CHOICE, RESIZE_KERNELS, Perturbation, center_crop, collate_eval, tiles, to_tensor
+from .errors import InputError
 
 FACTORS = (0.5, 0.75, 0.9, 1.1, 1.25, 1.5)
 KERNELS = ("nearest", "bilinear", "bilinear-noaa", "bicubic", "bicubic-noaa", "lanczos", "area")
@@ -63,7 +64,7 @@ class Condition:
 def parse_kernel(k: str) -> Perturbation:
     base, _, aa = k.partition("-")
     if base not in RESIZE_KERNELS or aa not in ("", "noaa") or (aa and base not in ANTIALIAS_CHOICE):
-        raise ValueError(f"--kernels: one of {', '.join(KERNELS)}, got {k!r}")
+        raise InputError(f"--kernels: one of {', '.join(KERNELS)}, got {k!r}")
     return Perturbation(resize_kernel=base, antialias=False if aa else None)
 
 

@@ -1,4 +1,5 @@
 """Configs: overrides, unknown keys, types, ratios and the pre-training checks."""
+import os
 from fractions import Fraction
 
 import pytest
@@ -9,6 +10,10 @@ from fitgap import config as C
 from fitgap.config import ConfigError
 from fitgap.pretrain import DEFAULTS, build_spec
 from fitgap.ratios import ratios_from_config
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DEMO_PRETRAIN = os.path.join(CONFIGS, "demo_pretrain.yaml")
+DEMO_FINETUNE = os.path.join(CONFIGS, "demo_finetune.yaml")
 
 
 def test_overrides_are_typed_and_nested():
@@ -119,3 +124,32 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     saved = ckpt.restore_training(path, model, opt, scaler)
     assert saved["step"] == 3 and torch.equal(model.weight, weight)
     ckpt.check_resumable(str(tmp_path / "absent.pt"), changed, ("model",))  # nothing to resume
+
+
+@pytest.mark.parametrize("override", ["seed=null", "train.batch=null", "plan.patch=null", "optim.lr=null",
+                                      "plan.quantize=null", "normalize.mean=null", "train.amp=null"])
+def test_null_is_refused_where_it_is_no_choice(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0] + ": null is not a choice"):
+        C.load_config(DEMO_PRETRAIN, [override], DEFAULTS)
+
+
+def test_null_is_accepted_where_the_default_is_null():
+    from fitgap.finetune import DEFAULTS as FINETUNE
+
+    cfg = C.load_config(DEMO_PRETRAIN, ["train.steps_per_epoch=null", "probe.images=null"], DEFAULTS)
+    assert cfg["train"]["steps_per_epoch"] is None and cfg["probe"]["images"] is None
+    # the demo file sets init to a path; null (train from scratch) is still a documented choice
+    assert C.load_config(DEMO_FINETUNE, ["init=null"], FINETUNE)["init"] is None
+
+
+def test_sync_bn_on_cpu_is_refused_before_work(tmp_path):
+    from fitgap.finetune import DEFAULTS as FINETUNE
+    from fitgap.finetune import check
+
+    cfg = C.load_config(DEMO_PRETRAIN, ["train.sync_bn=true", "device=cpu",
+                                                       f"data.train={tmp_path}"], DEFAULTS)
+    with pytest.raises(ConfigError, match="train.sync_bn: SyncBatchNorm works on CUDA devices only"):
+        build_spec(cfg, 2)
+    ft = C.load_config(DEMO_FINETUNE, ["train.sync_bn=true", "init=null"], FINETUNE)
+    with pytest.raises(ConfigError, match="train.sync_bn"):
+        check(ft, 1)

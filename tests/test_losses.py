@@ -90,3 +90,37 @@ def test_contrast_set_with_offset_equals_plain_loss_on_concatenation():
 def test_wrong_label_count_is_refused():
     with pytest.raises(ValueError, match="labels"):
         supcon_loss(feats(4), torch.tensor([0, 1]))
+
+
+def test_base_temperature_is_a_config_key_that_reaches_the_loss(monkeypatch, tmp_path):
+    import os
+
+    import numpy as np
+
+    from fitgap import config as C
+    from fitgap import distributed as D
+    from fitgap import pretrain
+    from rescale_ext import pack_windows
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo_pretrain.yaml")
+    seen = {}
+
+    def fake_loss(z, labels, t, t_base=None, **kw):
+        seen["t"] = (t, t_base)
+        return z.sum()
+
+    monkeypatch.setattr(pretrain, "supcon_loss", fake_loss)
+    pixels, offsets, sizes = pack_windows([np.zeros((40, 40, 3), np.uint8)])
+    batch = {"pixels": pixels, "offsets": offsets, "sizes": sizes, "ratios": torch.tensor([[3, 2]]),
+             "corners": torch.tensor([[0, 0, 0], [0, 2, 2]]), "labels": torch.tensor([0, 0])}
+    for override, want in ((["loss.base_temperature=0.07"], (0.1, 0.07)), ([], (0.1, None))):
+        cfg = C.load_config(demo, ["plan.patch=8", f"data.train={tmp_path}", *override], pretrain.DEFAULTS)
+        pretrain.contrastive_step(lambda x: x.flatten(1), batch, cfg, torch.device("cpu"), D.DistInfo())
+        assert seen["t"] == want
+    # the loss itself: t / t_base scales it
+    f = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert supcon_loss(f, y, 0.1, 0.07).item() == pytest.approx(supcon_loss(f, y, 0.1).item() * 0.1 / 0.07, rel=1e-5)
+    bad = C.load_config(demo, ["loss.base_temperature=-1", f"data.train={tmp_path}"], pretrain.DEFAULTS)
+    with pytest.raises(C.ConfigError, match="loss.base_temperature"):
+        pretrain.build_spec(bad, 1)

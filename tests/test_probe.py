@@ -105,3 +105,15 @@ def test_probe_command_reads_a_pretraining_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--ckpt", detector, "--images", folder])
     assert "not a pre-training checkpoint" in capsys.readouterr().err
+
+
+def test_probe_counts_and_reports_skipped_photos(tmp_path):
+    from fitgap.probe import format_probe
+
+    paths = noise_photos(str(tmp_path / "photos"), n=3)
+    bad = tmp_path / "photos" / "broken.png"
+    bad.write_bytes(b"\x89PNG not an image")
+    r = probe_encoder(ConstantEncoder(), paths + [str(bad)], RATIOS, 32, "cpu", 4, 160, True, [128.0] * 3,
+                      [40.0] * 3)
+    assert r["photos"] == 3 and r["skipped"]["count"] == 1 and "broken.png: unreadable" in r["skipped"]["examples"][0]
+    assert "skipped 1 photo(s): broken.png" in format_probe(r)

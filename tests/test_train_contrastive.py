@@ -135,3 +135,34 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, images):
            "train.steps_per_epoch=3", "optim.lr=1e30", "optim.warmup_steps=0", "probe.images=null"]
     r = run_cmd(cmd, timeout=120)
     assert r.returncode == 2 and "loss is nan" in r.stderr.lower(), r.stderr[-2000:]
+
+
+def test_truncated_checkpoint_is_one_line_with_what_to_do(tmp_path, images):
+    run_dir = tmp_path / "trunc"
+    run_dir.mkdir()
+    torch.save({"step": 3}, run_dir / "checkpoint_0001.pt")
+    data = (run_dir / "checkpoint_0001.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
+           f"data.train={images}", f"out_dir={tmp_path}", "name=trunc", "train.batch=16"]
+    r = run_cmd(cmd, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot read checkpoint" in r.stderr and "checkpoint_0001.pt" in r.stderr and "name=" in r.stderr
+
+
+def test_only_the_projects_errors_lose_their_traceback():
+    from fitgap.cli import run_main
+    from fitgap.errors import InputError
+
+    def user_error():
+        raise InputError("--root: '/nope' is not a folder")
+
+    def library_error():
+        raise ValueError("SyncBatchNorm layers only work with GPU modules")  # e.g. from torch
+
+    with pytest.raises(SystemExit) as e:
+        run_main(user_error)
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="SyncBatchNorm"):  # propagates: traceback and non-zero exit
+        run_main(library_error)
