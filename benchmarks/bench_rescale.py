@@ -9,12 +9,17 @@ move, as a fraction of the card's device-to-device copy bandwidth measured in th
 Targets: CPU dense >= 1.0x the fastest whole-window path, sparse >= 5x; GPU within 1.25x of the
 bytes floor and >= 20x faster than the unfused GPU path.
 
-    python benchmarks/bench_rescale.py [--device cpu|cuda|all] [--repeat 5]
+    python benchmarks/bench_rescale.py [--device cpu|cuda|all] [--repeat 5] [--threads 1 2]
+
+The CPU table has a row per instruction-set path of the op that this CPU can run (avx512, avx2,
+scalar); the verdict uses the path chosen at load time. The header names the CPU, its SIMD flags,
+the op's path, torch's own CPU capability and the thread counts.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import random
 import sys
 from fractions import Fraction
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, time_interleaved, time_it  # noqa: E402
 
+import rescale_ext  # noqa: E402
 from rescale_ext import dst_length, pack_windows, rescale_gather  # noqa: E402
 
 RATIOS = sorted({Fraction(p, q) for q in range(2, 9) for p in range(q + 1, 2 * q)})  # (1, 2), q <= 8
@@ -88,31 +94,63 @@ def cv2_path(s, cv2):
     return torch.from_numpy(out)
 
 
-def bench_cpu(repeat):
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def isa_op(s, name):
+    def run():
+        torch.ops.rescale_ext._set_cpu_isa(name)
+        return op_path(s, s["pixels"])
+    return run
+
+
+def bench_cpu(repeat, threads):
     try:
         import cv2
     except ImportError:
         cv2 = None
-    rows, verdicts = [], []
-    for name, (nwin, per, patch), target in (("dense", (32, 4, 128), 1.0),
-                                              ("sparse", (32, 2, 64), 5.0)):
-        s = make_setting(nwin, per, patch)
-        s["np_windows"] = [w.numpy() for w in s["windows"]]
-        n = s["corners"].shape[0]
-        paths = {"rescale_gather (op)": lambda: op_path(s, s["pixels"]),
-                 "torch float whole-window": lambda: torch_path(s, s["windows"], True),
-                 "torch uint8 whole-window": lambda: torch_path(s, s["windows"], False)}
+    best = rescale_ext.cpu_isa()
+    simd = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vbmi", "avx512vbmi", "asimd", "sve")
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        flags = " ".join(sorted({f for f in open("/proc/cpuinfo").read().split() if f in simd}))
+    print(f"CPU: {cpu_model()} [{flags}]; op path at load: {best} (available: {', '.join(rescale_ext.cpu_isa_paths())}); "
+          f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}); "
+          f"OpenCV {cv2.__version__ if cv2 else 'absent'}; threads {threads}\n", flush=True)
+    verdicts = []
+    for nthreads in threads:
+        torch.set_num_threads(nthreads)
         if cv2 is not None:
-            paths["cv2 whole-window"] = lambda: cv2_path(s, cv2)
-        rate = {k: n / t for k, t in time_interleaved(paths, "cpu", repeat).items()}
-        op = rate["rescale_gather (op)"]
-        fastest = max(v for k, v in rate.items() if k != "rescale_gather (op)")
-        for k, v in rate.items():
-            rows.append((name, k, f"{v:,.0f}", f"{op / v:.2f}x"))
-        verdicts.append((name, "CPU", f"{op / fastest:.2f}x fastest whole-window", f">= {target}x",
-                         "met" if op / fastest >= target else "NOT met"))
-    print_table(["setting", "path", "patches/s", "op speed-up"], rows,
-                f"CPU ({torch.get_num_threads()} threads), float32 NCHW patches")
+            cv2.setNumThreads(nthreads)
+        rows = []
+        for name, (nwin, per, patch), target in (("dense", (32, 4, 128), 1.0),
+                                                  ("sparse", (32, 2, 64), 5.0)):
+            s = make_setting(nwin, per, patch)
+            s["np_windows"] = [w.numpy() for w in s["windows"]]
+            n = s["corners"].shape[0]
+            paths = {f"rescale_gather (op, {isa})": isa_op(s, isa) for isa in reversed(rescale_ext.cpu_isa_paths())}
+            paths.update({"torch float whole-window": lambda: torch_path(s, s["windows"], True),
+                          "torch uint8 whole-window": lambda: torch_path(s, s["windows"], False)})
+            if cv2 is not None:
+                paths["cv2 whole-window"] = lambda: cv2_path(s, cv2)
+            rate = {k: n / t for k, t in time_interleaved(paths, "cpu", repeat).items()}
+            torch.ops.rescale_ext._set_cpu_isa(best)
+            op = rate[f"rescale_gather (op, {best})"]
+            fastest = max(v for k, v in rate.items() if not k.startswith("rescale_gather"))
+            for k, v in rate.items():
+                rows.append((name, k, f"{v:,.0f}", f"{op / v:.2f}x"))
+            verdicts.append((name, f"CPU, {nthreads} thread(s), {best}", f"{op / fastest:.2f}x fastest whole-window",
+                             f">= {target}x", "met" if op / fastest >= target else "NOT met"))
+        print_table(["setting", "path", "patches/s", f"{best} op speed-up"], rows,
+                    f"CPU ({nthreads} thread(s)), float32 NCHW patches")
     return verdicts
 
 
@@ -156,10 +194,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="*", default=None,
+                    help="CPU thread counts to measure (default: 1 and torch's default)")
     args = ap.parse_args()
     verdicts = []
     if args.device in ("cpu", "all"):
-        verdicts += bench_cpu(args.repeat)
+        default = torch.get_num_threads()
+        verdicts += bench_cpu(args.repeat, args.threads or sorted({1, default}))
+        torch.set_num_threads(default)
     if args.device in ("cuda", "all"):
         if torch.cuda.is_available():
             verdicts += bench_cuda(args.repeat)

@@ -33,9 +33,9 @@ else:
         stacklevel=2,
     )
 
-from .ops import built_with_cuda, rescale_gather  # noqa: E402
+from .ops import built_with_cuda, cpu_isa, cpu_isa_paths, rescale_gather  # noqa: E402
 from .packing import pack_windows  # noqa: E402
 from .reference import dst_length, source_taps  # noqa: E402
 
-__all__ = ["rescale_gather", "built_with_cuda", "pack_windows", "dst_length", "source_taps",
+__all__ = ["rescale_gather", "built_with_cuda", "cpu_isa", "cpu_isa_paths", "pack_windows", "dst_length", "source_taps",
            "HAVE_COMPILED"]

@@ -21,6 +21,28 @@ def built_with_cuda() -> bool:
     return _compiled() and bool(torch.ops.rescale_ext.built_with_cuda())
 
 
+def cpu_isa() -> str:
+    """The CPU kernel's instruction-set path: "avx512", "avx2" or "scalar" (chosen at load time from
+    the CPU's flags; RESCALE_EXT_ISA=scalar|avx2|avx512 forces one the CPU has); "reference" without
+    the compiled module."""
+    return str(torch.ops.rescale_ext.cpu_isa()) if _compiled() else "reference"
+
+
+def cpu_isa_paths() -> list:
+    """The paths this CPU can run (for tests and benchmarks), best last."""
+    if not _compiled():
+        return []
+    current, out = cpu_isa(), []
+    for name in ("scalar", "avx2", "avx512"):
+        try:
+            torch.ops.rescale_ext._set_cpu_isa(name)
+            out.append(name)
+        except (RuntimeError, ValueError):
+            pass
+    torch.ops.rescale_ext._set_cpu_isa(current)
+    return out
+
+
 def rescale_gather(
     pixels: torch.Tensor,
     offsets: torch.Tensor,

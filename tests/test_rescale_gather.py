@@ -67,19 +67,69 @@ def _check_against_reference(device, dtype, channels_last, quantize, normalize):
         assert err <= TOL[dtype] * max(scale, 1.0 if dtype == torch.float32 else scale), err
 
 
+ISA_PATHS = rescale_ext.cpu_isa_paths()  # every CPU path this machine can run (scalar, avx2, avx512)
+
+
+@pytest.fixture(params=ISA_PATHS)
+def isa(request):
+    """Run the test on one CPU path, then restore the path chosen at load time."""
+    before = rescale_ext.cpu_isa()
+    torch.ops.rescale_ext._set_cpu_isa(request.param)
+    yield request.param
+    torch.ops.rescale_ext._set_cpu_isa(before)
+
+
+def test_every_isa_path_of_this_cpu_is_tested():
+    assert "scalar" in ISA_PATHS and rescale_ext.cpu_isa() in ISA_PATHS
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if " avx2 " in flags and " fma " in flags:
+        assert "avx2" in ISA_PATHS
+    if all(f" {f} " in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
+        assert "avx512" in ISA_PATHS
+
+
+def test_isa_is_chosen_at_load_time_by_environment():
+    for want in ISA_PATHS:
+        r = subprocess.run([sys.executable, "-c", "import rescale_ext; print(rescale_ext.cpu_isa())"], cwd=ROOT,
+                           env=dict(os.environ, RESCALE_EXT_ISA=want), capture_output=True, text=True, timeout=120)
+        assert r.stdout.strip() == want, r.stderr[-1000:]
+    r = subprocess.run([sys.executable, "-c", "import rescale_ext; print(rescale_ext.cpu_isa())"], cwd=ROOT,
+                       env=dict(os.environ, RESCALE_EXT_ISA="sse9"), capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == rescale_ext.cpu_isa() and "RESCALE_EXT_ISA=sse9" in r.stderr
+    with pytest.raises((ValueError, RuntimeError), match="scalar, avx2 or avx512"):
+        torch.ops.rescale_ext._set_cpu_isa("sse9")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("quantize", [False, True])
-def test_cpu_matches_reference(dtype, channels_last, quantize):
+def test_cpu_matches_reference(dtype, channels_last, quantize, isa):
     _check_against_reference("cpu", dtype, channels_last, quantize, normalize=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_normalized_matches_reference(dtype):
+def test_cpu_normalized_matches_reference(dtype, isa):
     _check_against_reference("cpu", dtype, True, False, normalize=True)
 
 
-def test_quantized_is_exact_and_integral():
+def test_isa_paths_agree():
+    """Quantized values are integers: every path gives the same bits; float paths within rounding."""
+    before = rescale_ext.cpu_isa()
+    try:
+        for args in sample_inputs("cpu") + [make_sample(3, n_windows=4, patch=37, min_side=60, max_side=90)]:
+            outs = {}
+            for name in ISA_PATHS:
+                torch.ops.rescale_ext._set_cpu_isa(name)
+                outs[name] = (rescale_gather(*args, quantize=True), rescale_gather(*args, mean=(120, 110, 100),
+                                                                                   std=(60, 55, 50)))
+            for name in ISA_PATHS[1:]:
+                assert torch.equal(outs[name][0], outs["scalar"][0]), name
+                torch.testing.assert_close(outs[name][1], outs["scalar"][1], rtol=0, atol=1e-5)
+    finally:
+        torch.ops.rescale_ext._set_cpu_isa(before)
+
+
+def test_quantized_is_exact_and_integral(isa):
     for args in sample_inputs("cpu"):
         got = rescale_gather(*args, quantize=True)
         want = rescale_gather_reference(*args, quantize=True, dtype=torch.float64)
@@ -87,7 +137,7 @@ def test_quantized_is_exact_and_integral():
         assert torch.equal(got, got.round())
 
 
-def test_hundreds_of_patches_match_reference():
+def test_hundreds_of_patches_match_reference(isa):
     pixels, offsets, sizes, ratios, corners, patch = make_sample(7, n_windows=8, per_window=40,
                                                                  patch=12, min_side=40, max_side=90)
     assert 300 <= corners.shape[0] <= 400
@@ -97,7 +147,7 @@ def test_hundreds_of_patches_match_reference():
     assert (got.double() - want).abs().max().item() <= 1e-4
 
 
-def test_matches_reference_at_imagenet_size():
+def test_matches_reference_at_imagenet_size(isa):
     """A 500x375 window: float32 F.interpolate drifts here, the kernel must not."""
     g = torch.Generator().manual_seed(3)
     win = torch.randint(0, 256, (375, 500, 3), dtype=torch.uint8, generator=g)
@@ -256,7 +306,7 @@ def _fuzz_ratio(rng, h, w, max_dst=160):
             return p, q
 
 
-def test_fuzz_valid_and_invalid_calls():
+def test_fuzz_valid_and_invalid_calls(isa):
     """1,000 seeded random calls, valid and invalid: no crash; valid ones equal the reference;
     invalid ones raise ValueError/TypeError like the reference."""
     rng = random.Random(1234)
@@ -343,7 +393,7 @@ def test_broken_build_raises_and_missing_build_warns(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("quantize", [False, True])
-def test_limits_q1024(fill, dtype, channels_last, quantize):
+def test_limits_q1024(fill, dtype, channels_last, quantize, isa):
     big_p = (1 << 20) - 1  # the largest numerator accepted, coprime with 1024
     windows = [torch.full((40, 40, 3), fill, dtype=torch.uint8) for _ in range(3)]
     windows.append(torch.full((1030, 1025, 3), fill, dtype=torch.uint8))
