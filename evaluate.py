@@ -47,7 +47,9 @@ def get_args_parser():
     p.add_argument("--no-audit", dest="audit", action="store_false",
                    help="skip the metadata-only shortcut check (header reads) beside each subset")
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32, help="images per loader batch")
+    p.add_argument("--max-crops", type=int, default=64,
+                   help="crops (tiles) per forward pass, whatever the image size: bounds peak memory")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--amp", default="none", choices=["none", "bf16"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

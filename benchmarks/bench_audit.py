@@ -3,10 +3,11 @@
     python benchmarks/bench_audit.py                 # N = 100,000 small JPEG/PNG files
     python benchmarks/bench_audit.py --n 20000 --keep /tmp/audit_tree
 
-Half the files are JPEG (qualities 70-95), half PNG, of several sizes. The table compares, in one run,
-the audit's header reads (1 process and 2 processes) with a full decode of each file (what a
-pixel-reading audit would cost), on a sample timed the same way, and extrapolates to N files. The
-whole audit (headers + the cross-validated metadata classifier) is timed at the end.
+The tree: N small files, half JPEG (qualities 70-95), half PNG (listing and header reads do not
+depend on pixel count), plus 1,000 ImageNet-like JPEGs (about 500x375, quality 90). The tables
+compare, in one run, the audit's header reads (1 and 2 processes) with a full decode of each file
+(what a pixel-reading audit would cost), and extrapolate to N files. The whole audit (headers + the
+cross-validated metadata classifier) of the N files is timed at the end.
 """
 from __future__ import annotations
 
@@ -56,6 +57,35 @@ def make_tree(root: str, n: int, seed: int = 0) -> None:
             img.save(os.path.join(root, "gen", label, f"{i:07d}.png"), compress_level=1)
 
 
+def make_imagenet_like(root: str, n: int, seed: int = 1) -> list:
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "imagenet_like")
+    os.makedirs(folder, exist_ok=True)
+    base = np.asarray(Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((520, 400),
+                                                                                            Image.BICUBIC))
+    paths = []
+    for i in range(n):
+        h, w = int(rng.integers(333, 400)), int(rng.integers(450, 520))
+        p = os.path.join(folder, f"{i:05d}.jpg")
+        Image.fromarray(np.roll(base, 7 * i, axis=1)[:h, :w]).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def time_paths(sample, title, n_total):
+    timings = {}
+    for name, fn in (("full decode (decode_rgb)", lambda ps: [decode_rgb(p) for p in ps]),
+                     ("headers, 1 process", lambda ps: read_headers(ps, workers=0)),
+                     ("headers, 2 processes", lambda ps: read_headers(ps, workers=2, min_parallel=0))):
+        t0 = time.perf_counter()
+        fn(sample)
+        timings[name] = time.perf_counter() - t0
+    base = timings["full decode (decode_rgb)"]
+    rows = [[name, f"{len(sample) / t:,.0f}", f"{n_total * t / len(sample):.1f}", f"{base / t:.2f}x"]
+            for name, t in timings.items()]
+    print_table(["path", "files/s", f"s for {n_total:,} files", "vs full decode"], rows, title=title)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000)
@@ -76,20 +106,9 @@ def main() -> None:
         n = len(sub.items)
         rng = np.random.default_rng(1)
         sample = [sub.items[i][0] for i in rng.choice(n, size=min(args.sample, n), replace=False)]
-        rows = []
-        timings = {}
-        for name, fn in (("full decode (decode_rgb)", lambda ps: [decode_rgb(p) for p in ps]),
-                         ("headers, 1 process", lambda ps: read_headers(ps, workers=0)),
-                         ("headers, 2 processes", lambda ps: read_headers(ps, workers=2))):
-            t0 = time.perf_counter()
-            fn(sample)
-            timings[name] = time.perf_counter() - t0
-        base = timings["full decode (decode_rgb)"]
-        for name, t in timings.items():
-            rate = len(sample) / t
-            rows.append([name, f"{rate:,.0f}", f"{n / rate:.1f}", f"{base / t:.2f}x"])
-        print_table(["path", "files/s", f"s for {n:,} files", "vs full decode"], rows,
-                    title=f"audit reads ({len(sample):,} files timed per path; listing {n:,} files took {t_list:.1f} s)")
+        time_paths(sample, f"small files ({len(sample):,} timed per path; listing {n:,} files took {t_list:.1f} s)", n)
+        big = make_imagenet_like(root, 1000)
+        time_paths(big, "ImageNet-like JPEGs, about 500x375 q90 (1,000 timed per path)", n)
         t0 = time.perf_counter()
         res = audit([sub], workers=2)
         t_all = time.perf_counter() - t0

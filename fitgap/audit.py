@@ -51,23 +51,33 @@ def ijg_table(base: np.ndarray, quality: int) -> np.ndarray:
     return np.clip((base * scale + 50) // 100, 1, 255)
 
 
-_TABLES = {q: (ijg_table(IJG_LUMA, q), ijg_table(IJG_CHROMA, q)) for q in range(1, 101)}
+_QUALITIES = np.arange(1, 101)
+_LUMA_TABLES = np.stack([ijg_table(IJG_LUMA, int(q)) for q in _QUALITIES])  # [100, 64]
+_CHROMA_TABLES = np.stack([ijg_table(IJG_CHROMA, int(q)) for q in _QUALITIES])
+_QUALITY_CACHE: Dict[bytes, Dict[str, Any]] = {}  # most files of a dataset share a few table sets
 
 
 def jpeg_quality(tables: Dict[int, Sequence[int]]) -> Dict[str, Any]:
     """Estimate the IJG quality from a JPEG's quantization tables (natural order, as PIL gives them):
-    the quality whose scaled standard tables are nearest (sum of absolute differences). `exact` says
-    whether they match exactly (the file was written by an IJG-style encoder at that quality)."""
+    the quality whose scaled standard tables are nearest (sum of absolute differences; ties go to the
+    higher quality). `exact` says whether they match exactly (an IJG-style encoder at that quality)."""
     if not tables:
         return {"quality": None, "exact": False}
-    luma = np.asarray(tables[min(tables)], dtype=np.int64)
-    chroma = np.asarray(tables[sorted(tables)[1]], dtype=np.int64) if len(tables) > 1 else None
-    best_q, best_err = 0, None
-    for q, (lt, ct) in _TABLES.items():
-        err = int(np.abs(luma - lt).sum()) + (int(np.abs(chroma - ct).sum()) if chroma is not None else 0)
-        if best_err is None or err < best_err or (err == best_err and q > best_q):
-            best_q, best_err = q, err
-    return {"quality": best_q, "exact": best_err == 0}
+    keys = sorted(tables)
+    luma = np.asarray(tables[keys[0]], dtype=np.int64)
+    chroma = np.asarray(tables[keys[1]], dtype=np.int64) if len(keys) > 1 else None
+    key = luma.tobytes() + (b"" if chroma is None else chroma.tobytes())
+    hit = _QUALITY_CACHE.get(key)
+    if hit is not None:
+        return dict(hit)
+    err = np.abs(_LUMA_TABLES - luma).sum(axis=1)
+    if chroma is not None:
+        err = err + np.abs(_CHROMA_TABLES - chroma).sum(axis=1)
+    best = int(np.flatnonzero(err == err.min())[-1])
+    out = {"quality": int(_QUALITIES[best]), "exact": bool(err[best] == 0)}
+    if len(_QUALITY_CACHE) < 4096:
+        _QUALITY_CACHE[key] = out
+    return dict(out)
 
 
 def read_header(path: str) -> Dict[str, Any]:
@@ -88,8 +98,10 @@ def read_header(path: str) -> Dict[str, Any]:
     return rec
 
 
-def read_headers(paths: Sequence[str], workers: int = 0, desc: str = "") -> List[Dict[str, Any]]:
-    if workers > 0 and len(paths) > 2000:
+def read_headers(paths: Sequence[str], workers: int = 0, desc: str = "", min_parallel: int = 2000
+                 ) -> List[Dict[str, Any]]:
+    """read_header of every path; `workers` processes when there are more than `min_parallel` paths."""
+    if workers > 0 and len(paths) > min_parallel:
         with ProcessPoolExecutor(workers) as ex:
             return list(tqdm(ex.map(read_header, paths, chunksize=256), total=len(paths), desc=desc,
                              leave=False, dynamic_ncols=True))

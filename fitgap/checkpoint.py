@@ -81,12 +81,21 @@ def _what_to_do(path: str) -> str:
     return f"{where}; or start afresh with another name= (or remove {folder})"
 
 
-def save_training(path: str, model, optimizer, scaler, cfg: Dict[str, Any], kind: str, **counters) -> None:
-    """Atomic checkpoint of a training run: weights, optimiser, scaler, RNG states, the config as a
-    plain dict, what kind of run wrote it and its counters (step, epoch, ...)."""
+def save_training(path: str, model, optimizer, scaler, cfg: Dict[str, Any], kind: str,
+                  rng_ranks: Optional[List[Dict[str, Any]]] = None, **counters) -> None:
+    """Atomic checkpoint of a training run: weights, optimiser, scaler, RNG states (this process's as
+    "rng", every rank's as "rng_ranks" when given: gather them with rank_rng_states() on every rank
+    first), the config as a plain dict, what kind of run wrote it and its counters (step, epoch, ...)."""
     atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": rng_state(), "config": cfg, "kind": kind,
-                 **counters}, path)
+                 "scaler": scaler.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks or [rng_state()],
+                 "config": cfg, "kind": kind, **counters}, path)
+
+
+def rank_rng_states() -> List[Dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective: call it on every rank)."""
+    from . import distributed as D
+
+    return D.all_gather_object(rng_state())
 
 
 def _changed(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -98,6 +107,23 @@ def _changed(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List
         elif a != b:
             keys.append(f"{prefix}{k}")
     return keys
+
+
+def check_resumable_everywhere(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
+    """check_resumable decided by rank 0 alone (its view of the run folder) and raised on every rank,
+    so that ranks never disagree about whether a run may start."""
+    from . import distributed as D
+    from .errors import FitgapError
+
+    error = None
+    if D.get_rank() == 0:
+        try:
+            check_resumable(path, cfg, same)
+        except FitgapError as exc:
+            error = exc
+    error = D.broadcast_object(error)
+    if error is not None:
+        raise error
 
 
 def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
@@ -114,12 +140,41 @@ def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None
                           f"choose another name= or remove {os.path.dirname(path)} to start afresh")
 
 
-def restore_training(path: str, model, optimizer, scaler) -> Dict[str, Any]:
-    """Load what save_training wrote into model/optimizer/scaler and the RNGs; returns the dict.
-    (Runs call check_resumable on the same path before they write anything.)"""
+def restore_training(path: str, model, optimizer, scaler, rank: int = 0) -> Dict[str, Any]:
+    """Load what save_training wrote into model/optimizer/scaler and this rank's RNG state (rank 0's
+    when the checkpoint holds fewer ranks); returns the dict. (Runs call check_resumable on the same
+    path before they write anything.)"""
     saved = load(path)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
-    set_rng_state(saved["rng"])
+    ranks = saved.get("rng_ranks") or [saved["rng"]]
+    set_rng_state(ranks[rank] if rank < len(ranks) else saved["rng"])
+    return saved
+
+
+def resume_everywhere(path: str, model, optimizer, scaler) -> Optional[Dict[str, Any]]:
+    """Resume decided once: rank 0 looks for `path` (every rank passes the same path of its own run
+    folder) and broadcasts whether to resume; every rank then restores its copy (and its own RNG
+    state), and the steps they read are compared. A rank that cannot read it, or reads another step,
+    stops the whole group with a message naming the rank and the path, never a hang. Returns the
+    checkpoint dict, or None for a fresh start."""
+    from . import distributed as D
+
+    rank = D.get_rank()
+    if not D.broadcast_object(rank == 0 and os.path.exists(path)):
+        return None
+    saved, error = None, ""
+    try:
+        saved = restore_training(path, model, optimizer, scaler, rank)
+    except Exception as exc:  # noqa: BLE001 - reported to every rank below
+        error = f"rank {rank} cannot read {path}, which rank 0 resumes from: {exc}"
+    reports = D.all_gather_object((error, None if saved is None else saved.get("step")))
+    errors = [e for e, _ in reports if e]
+    step0 = reports[0][1]
+    errors += [f"rank {r} read step {s} from {path}, rank 0 step {step0}" for r, (e, s) in enumerate(reports)
+               if not e and not reports[0][0] and s != step0]
+    if errors:
+        raise CheckpointError("; ".join(errors) + " (every rank needs the run folder: a shared file system, or a "
+                              "copy of the checkpoint on every node)")
     return saved

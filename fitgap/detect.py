@@ -52,7 +52,8 @@ def main(args, out=sys.stdout):
         writer.writerow(["path", "p_fake", "label", "error"])
     for i in range(len(ds)):
         crops, _, _, err = ds[i]
-        p = None if crops is None else score_crops(model, [crops], info.device)[0]
+        p = None if crops is None else score_crops(model, [crops], info.device, mean=cfg["normalize"]["mean"],
+                                                    std=cfg["normalize"]["std"])[0]
         label = "" if p is None else ("fake" if p > 0.5 else "real")
         if writer:
             writer.writerow([files[i], "" if p is None else f"{p:.6f}", label, err])

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import checkpoint as ckpt
+from .evaldata import normalize_uint8
 from .models import Detector, encoder_from_config
 from .optim import amp_context
 from .errors import InputError
@@ -44,10 +45,12 @@ MAX_CROPS = 64  # crops per forward pass: peak memory does not depend on image s
 
 
 @torch.no_grad()
-def score_logits(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS
-                 ) -> List[float]:
-    """Mean logit per image from its crops ([K_i, 3, h, w] each). Crops of one shape are batched across
-    images, at most `max_crops` per forward pass, so an image of thousands of tiles runs in chunks."""
+def score_logits(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> List[float]:
+    """Mean logit per image from its crops ([K_i, 3, h, w] each: normalised float, or uint8 that is
+    normalised here with mean/std, one chunk at a time). Crops of one shape are batched across images,
+    at most `max_crops` per forward pass, so an image of thousands of tiles runs in chunks and peak
+    memory does not grow with the image."""
     sums = [0.0] * len(crops)
     by_shape: Dict[tuple, List[Tuple[int, torch.Tensor]]] = {}
     for i, c in enumerate(crops):
@@ -57,16 +60,21 @@ def score_logits(model, crops: List[torch.Tensor], device, amp: str = "none", ma
         for group in by_shape.values():
             for start in range(0, len(group), max_crops):
                 part = group[start:start + max_crops]
-                logits = model(torch.stack([t for _, t in part]).to(device)).float().view(-1).cpu().tolist()
+                x = torch.stack([t for _, t in part]).to(device)
+                if x.dtype == torch.uint8:
+                    if mean is None or std is None:
+                        raise ValueError("score_logits: uint8 crops need mean and std")
+                    x = normalize_uint8(x, mean, std)
+                logits = model(x).float().view(-1).cpu().tolist()
                 for (i, _), v in zip(part, logits):
                     sums[i] += v
     return [s / c.shape[0] for s, c in zip(sums, crops)]
 
 
-def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS
-                ) -> List[float]:
+def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS,
+                mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> List[float]:
     """P(fake) per image from its crops: sigmoid of the mean logit (NaN stays NaN for the caller)."""
-    return [sigmoid(v) for v in score_logits(model, crops, device, amp, max_crops)]
+    return [sigmoid(v) for v in score_logits(model, crops, device, amp, max_crops, mean, std)]
 
 
 def sigmoid(v: float) -> float:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import distributed as D
 from .benchmarks import Subset, load_benchmark
 from .checkpoint import atomic_write_text
-from .detector import load_detector, score_crops
+from .detector import MAX_CROPS, load_detector, score_crops
 from .evaldata import EvalDataset, Perturbation, collate_eval
 from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
 from .errors import InputError, MissingInput
@@ -28,7 +28,7 @@ NON_FINITE = "non-finite score"
 
 
 def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation, device, batch: int,
-            workers: int, info: D.DistInfo, desc: str = "", amp: str = "none"):
+            workers: int, info: D.DistInfo, desc: str = "", amp: str = "none", max_crops: int = MAX_CROPS):
     """Scores of `items` ([(path, label)]), split over ranks without padding and gathered.
     Returns (scores {index: p_fake}, skipped {index: reason}); an image whose score is not finite
     (NaN logits) is skipped with the reason NON_FINITE, so that everything else is still reported."""
@@ -42,7 +42,7 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
             if g[0] is None:
                 skipped[mine[g[2]]] = g[3]
         if ok:
-            for g, s in zip(ok, score_crops(model, [g[0] for g in ok], device, amp)):
+            for g, s in zip(ok, score_crops(model, [g[0] for g in ok], device, amp, max_crops, mean, std)):
                 if math.isfinite(s):
                     scores[mine[g[2]]] = s
                 else:
@@ -56,7 +56,8 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
 
 def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, std, perturb: Perturbation,
                      device, batch: int = 32, workers: int = 2, info: Optional[D.DistInfo] = None,
-                     amp: str = "none", threshold: Optional[float] = None) -> Dict[str, Any]:
+                     amp: str = "none", threshold: Optional[float] = None, max_crops: int = MAX_CROPS
+                     ) -> Dict[str, Any]:
     """Per-subset metrics at 0.5 (and at `threshold`, a threshold fitted elsewhere, when given).
     The per-image scores are kept under "_scores" (written as scores.csv, not into results.json)."""
     info = info or D.DistInfo(device=device)
@@ -69,7 +70,7 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
             notes.append(f"{sub.name}: {sub.status}, excluded from the mean")
             continue
         scores, skipped = predict(model, sub.items, crop, mode, mean, std, perturb, device, batch,
-                                  workers, info, desc=sub.name, amp=amp)
+                                  workers, info, desc=sub.name, amp=amp, max_crops=max_crops)
         idx = sorted(scores)
         m = subset_metrics([sub.items[i][1] for i in idx], [scores[i] for i in idx], fitted_threshold=threshold)
         failed = [i for i, r in skipped.items() if r == NON_FINITE]
@@ -238,6 +239,8 @@ def run(args) -> Dict[str, Any]:
     perturb = Perturbation(args.jpeg, args.blur, args.resize, args.resize_kernel,
                            None if args.antialias is None else args.antialias == "on", args.webp, args.reencode)
     perturb.check()
+    if args.max_crops < 1:
+        raise InputError(f"--max-crops: must be >= 1, got {args.max_crops}")
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (None, None)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
@@ -245,7 +248,8 @@ def run(args) -> Dict[str, Any]:
     crop = args.size or cfg["eval"]["size"] or cfg["patch"]
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,
-                              args.batch, args.workers, info, amp=args.amp, threshold=threshold)
+                              args.batch, args.workers, info, amp=args.amp, threshold=threshold,
+                              max_crops=args.max_crops)
     result.update({"checkpoint": os.path.abspath(args.ckpt), "bench": args.bench, "root": args.root,
                    "threshold_from": threshold_from})
     if info.is_main:

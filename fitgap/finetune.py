@@ -24,8 +24,9 @@ from .evaluate import evaluate_subsets, format_markdown
 from .models import Detector, encoder_from_config
 from .optim import amp_context, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_sync_bn
+from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_train_common
 from .runlog import JsonlLog, cosine_schedule, start_run
+from .seeding import loader_seeding, seed_everything
 
 DEFAULTS: Dict[str, Any] = {
     "name": "finetune",
@@ -43,7 +44,7 @@ DEFAULTS: Dict[str, Any] = {
     "model": copy.deepcopy(PRETRAIN_DEFAULTS["model"]),
     "optim": {"lr": 1.0e-4, "weight_decay": 0.0, "warmup_steps": 0, "min_lr": 0.0, "grad_clip": 0.0},
     "train": {"epochs": 10, "batch": 64, "max_steps": None, "amp": "bf16", "channels_last": True,
-              "compile": False, "sync_bn": False, "log_every": 10},
+              "compile": False, "sync_bn": False, "log_every": 10, "threads": None, "deterministic": True},
     "eval": {"size": None, "crop": "center", "batch": 32},
 }
 
@@ -61,7 +62,7 @@ def check(cfg: Dict[str, Any], world_size: int) -> None:
     C.require(cfg["fewshot"]["k"] >= 1, "fewshot.k", "must be >= 1")
     C.require(cfg["eval"]["crop"] in ("center", "tiles"), "eval.crop", "center or tiles")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
-    check_sync_bn(cfg)
+    check_train_common(cfg)
 
 
 def split_items(items: List[Tuple[str, int]], val_fraction: float, seed: int):
@@ -134,9 +135,9 @@ def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap):
-    ckpt.save_training(path, model, optimizer, scaler, cfg, "detector", epoch=epoch, step=step,
-                       best_ap=best_ap)
+def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap, rng_ranks):
+    ckpt.save_training(path, model, optimizer, scaler, cfg, "detector", rng_ranks=rng_ranks, epoch=epoch,
+                       step=step, best_ap=best_ap)
 
 
 def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state, log):
@@ -177,10 +178,12 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     run_dir = start_run(cfg, info.is_main, "last.pt", RESUME_SAME,
                         f"{len(train_items)} training images ({cfg['mode']}, init {cfg['init'] or 'scratch'}); "
                         f"validation: {', '.join(f'{s.name} ({len(s.items)})' for s in val_subsets)}")
-    torch.manual_seed(cfg["seed"])
     t, o = cfg["train"], cfg["optim"]
+    seed_everything(cfg["seed"], t["threads"], t["deterministic"])
     model = D.place_model(build_model(cfg), info, t["sync_bn"], t["channels_last"])
     model_without_ddp = model
+    if info.rank:  # the weights are alike on every rank; from here on each rank draws its own stream
+        torch.manual_seed(cfg["seed"] + info.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
     scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
@@ -194,7 +197,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     per_rank = t["batch"] // info.world_size
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg["data"]["workers"],
                         collate_fn=collate_train, drop_last=len(sampler) >= per_rank,
-                        pin_memory=info.device.type == "cuda")
+                        pin_memory=info.device.type == "cuda", **loader_seeding(cfg["seed"], info.rank))
     steps_per_epoch = max(1, len(loader))
     total = t["epochs"] * steps_per_epoch
     if t["max_steps"]:
@@ -204,8 +207,8 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     state = {"epoch": 0, "step": 0, "best_ap": -1.0}
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
-    if os.path.exists(last):
-        saved = ckpt.restore_training(last, model_without_ddp, optimizer, scaler)
+    saved = ckpt.resume_everywhere(last, model_without_ddp, optimizer, scaler)
+    if saved is not None:
         state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
         if info.is_main:
             log.truncate_after(state["step"])
@@ -239,14 +242,19 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         improved = ap > state["best_ap"]
         if improved:
             state["best_ap"] = ap
+        rngs = ckpt.rank_rng_states()
         if info.is_main:
             if improved:
                 save(os.path.join(run_dir, "best.pt"), model_without_ddp, optimizer, scaler, cfg,
-                     state["epoch"], state["step"], ap)
-            save(last, model_without_ddp, optimizer, scaler, cfg, state["epoch"], state["step"], state["best_ap"])
+                     state["epoch"], state["step"], ap, rngs)
+            save(last, model_without_ddp, optimizer, scaler, cfg, state["epoch"], state["step"], state["best_ap"],
+                 rngs)
         D.barrier()
         result = {"val": val, "best_ap": state["best_ap"], "loss": stats["loss"]}
         state["epoch"] += 1
-    if info.is_main and result:
-        print(format_markdown(result["val"], f"validation ({cfg['name']}, last epoch)"), flush=True)
+    rank_best = D.all_gather_object(state["best_ap"])  # the same on every rank (a check, logged)
+    if info.is_main:
+        log.write({"step": state["step"], "final": True, "rank_best_ap": rank_best})
+        if result:
+            print(format_markdown(result["val"], f"validation ({cfg['name']}, last epoch)"), flush=True)
     return result

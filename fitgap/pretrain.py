@@ -23,6 +23,7 @@ from .optim import amp_context, optimizer_step, set_lr
 from .plan import PlanSpec, max_window
 from .ratios import format_ratio, ratios_from_config
 from .runlog import JsonlLog, cosine_schedule, start_run
+from .seeding import loader_seeding, seed_everything
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -46,7 +47,7 @@ DEFAULTS: Dict[str, Any] = {
               "min_lr": 0.0, "grad_clip": 0.0},
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
               "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
-              "ckpt_every": 1000, "keep_every": 0, "log_every": 10},
+              "ckpt_every": 1000, "keep_every": 0, "log_every": 10, "threads": None, "deterministic": True},
     "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True},
 }
 
@@ -92,13 +93,21 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
         C.require(len(cfg["normalize"][k]) == 3, f"normalize.{k}", "needs 3 values")
     C.require(all(s > 0 for s in cfg["normalize"]["std"]), "normalize.std", "must be positive")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
-    check_sync_bn(cfg)
+    check_train_common(cfg)
     C.require(bool(cfg["data"]["train"]), "data.train", "set a folder of real images or a file list")
     C.require(os.path.exists(cfg["data"]["train"]), "data.train", f"{cfg['data']['train']!r} does not exist")
     if cfg["probe"]["images"]:
         C.require(os.path.exists(cfg["probe"]["images"]), "probe.images",
                   f"{cfg['probe']['images']!r} does not exist")
     return spec
+
+
+def check_train_common(cfg: Dict[str, Any]) -> None:
+    """Checks of the train keys that pre-training and fine-tuning share."""
+    check_sync_bn(cfg)
+    th = cfg["train"]["threads"]
+    C.require(th is None or (isinstance(th, int) and not isinstance(th, bool) and th >= 1), "train.threads",
+              f"a positive integer or null (torch's default), got {th!r}")
 
 
 def check_sync_bn(cfg: Dict[str, Any]) -> None:
@@ -139,9 +148,9 @@ def contrastive_step(model, batch, cfg, device, info: D.DistInfo):
     return loss, x.shape[0]
 
 
-def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch):
-    ckpt.save_training(path, model_without_ddp, optimizer, scaler, cfg, "pretrain", step=step, epoch=epoch,
-                       step_in_epoch=step_in_epoch)
+def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch, rng_ranks):
+    ckpt.save_training(path, model_without_ddp, optimizer, scaler, cfg, "pretrain", rng_ranks=rng_ranks, step=step,
+                       epoch=epoch, step_in_epoch=step_in_epoch)
 
 
 def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedule, cfg, info, state,
@@ -165,15 +174,18 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
         skipped += batch["skipped"]
         seen += n * info.world_size
         bar.update(1)
-        if info.is_main and (state["step"] % t["log_every"] == 0 or state["step_in_epoch"] == steps_in_epoch):
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.0f}")
-            log.write({"step": state["step"], "epoch": state["epoch"], "loss": mean_loss, "lr": lr,
-                       "patches_per_s": rate, "skipped": len(skipped)})
+        if state["step"] % t["log_every"] == 0 or state["step_in_epoch"] == steps_in_epoch:
+            rank_losses = D.all_gather_object(float(loss.detach()))  # each rank's own anchors
+            if info.is_main:
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.0f}")
+                log.write({"step": state["step"], "epoch": state["epoch"], "loss": mean_loss, "lr": lr,
+                           "patches_per_s": rate, "skipped": len(skipped), "rank_losses": rank_losses})
         if state["step"] % t["ckpt_every"] == 0 and state["step"] < total_steps:
+            rngs = ckpt.rank_rng_states()  # every rank's own RNG state, restored to that rank on resume
             if info.is_main:
                 save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), model_without_ddp, optimizer,
-                                scaler, cfg, state["step"], state["epoch"], state["step_in_epoch"])
+                                scaler, cfg, state["step"], state["epoch"], state["step_in_epoch"], rngs)
             D.barrier()
         if state["step"] >= total_steps:
             break
@@ -189,14 +201,16 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
                         f"ratios: {', '.join(format_ratio(r) for r in spec.ratios)}; {spec.images} images x "
                         f"{spec.patches_per_image} patches per rank; {spec.num_classes} classes; largest "
                         f"window {max_window(spec)} px; world size {info.world_size} on {info.device}")
-    torch.manual_seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
     t = cfg["train"]
+    seed_everything(cfg["seed"], t["threads"], t["deterministic"])
 
     model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
                              cfg["model"]["proj_dim"])
     model = D.place_model(model, info, t["sync_bn"], t["channels_last"])
     model_without_ddp = model
+    if info.rank:  # the weights are alike on every rank; from here on each rank draws its own stream
+        torch.manual_seed(cfg["seed"] + info.rank)
+        np.random.seed(cfg["seed"] + info.rank)
     o = cfg["optim"]
     optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]),
                                  weight_decay=o["weight_decay"])
@@ -214,8 +228,8 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     resume_path = os.path.join(run_dir, "checkpoint.pt")
-    if os.path.exists(resume_path):
-        saved = ckpt.restore_training(resume_path, model_without_ddp, optimizer, scaler)
+    saved = ckpt.resume_everywhere(resume_path, model_without_ddp, optimizer, scaler)
+    if saved is not None:
         state = {"step": saved["step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"]}
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1
@@ -232,7 +246,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     loader = DataLoader(PlannedWindows(dataset), batch_sampler=sampler, collate_fn=collate_planned,
                         num_workers=cfg["data"]["workers"], pin_memory=info.device.type == "cuda",
-                        persistent_workers=cfg["data"]["workers"] > 0)
+                        persistent_workers=cfg["data"]["workers"] > 0, **loader_seeding(cfg["seed"], info.rank))
     result = {"steps": state["step"], "loss": float("nan")}
     while state["step"] < total_steps and state["epoch"] < t["epochs"]:
         sampler.set_epoch(state["epoch"], state["step_in_epoch"])
@@ -241,6 +255,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         skipped = [s for part in D.all_gather_object(stats["skipped"]) for s in part]
         summary = summarize_skipped(skipped)
         epoch_done = state["step_in_epoch"] >= sampler.steps
+        rngs = ckpt.rank_rng_states()
         if info.is_main:
             log.write({"step": state["step"], "epoch": state["epoch"], "epoch_loss": stats["loss"],
                        "skipped_images": summary})
@@ -250,11 +265,11 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
                         f"{summary['reasons']}, e.g. {summary['examples'][:3]}")
             print(msg, flush=True)
             save_checkpoint(resume_path, model_without_ddp, optimizer, scaler, cfg, state["step"],
-                            state["epoch"], state["step_in_epoch"])
+                            state["epoch"], state["step_in_epoch"], rngs)
             if t["keep_every"] and epoch_done and (state["epoch"] + 1) % t["keep_every"] == 0:
                 save_checkpoint(os.path.join(run_dir, f"checkpoint_{state['epoch']:04d}.pt"),
                                 model_without_ddp, optimizer, scaler, cfg, state["step"], state["epoch"],
-                                state["step_in_epoch"])
+                                state["step_in_epoch"], rngs)
         D.barrier()
         result = {"steps": state["step"], "loss": stats["loss"], "skipped": summary}
         if epoch_done:

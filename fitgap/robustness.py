@@ -38,7 +38,7 @@ from .benchmarks import BENCHES, load_benchmark
 from .checkpoint import atomic_write_text
 from .data import ImageError, decode_rgb
 from .detector import load_detector, score_crops
-from .evaldata import ANTIALIAS_CHOICE, RESIZE_KERNELS, Perturbation, center_crop, collate_eval, tiles, to_tensor
+from .evaldata import ANTIALIAS_CHOICE, RESIZE_KERNELS, Perturbation, center_crop, collate_eval, stack_uint8, tiles
 from .errors import InputError
 
 FACTORS = (0.5, 0.75, 0.9, 1.1, 1.25, 1.5)
@@ -99,8 +99,7 @@ class SweepDataset(Dataset):
         return len(self.items)
 
     def _crops(self, a: np.ndarray) -> torch.Tensor:
-        cs = [center_crop(a, self.crop)] if self.mode == "center" else tiles(a, self.crop)
-        return torch.stack([to_tensor(c, self.mean, self.std) for c in cs])
+        return stack_uint8([center_crop(a, self.crop)] if self.mode == "center" else tiles(a, self.crop))
 
     def __getitem__(self, i):
         try:
@@ -154,7 +153,8 @@ def sweep_subset(model, items, conds: Sequence[Condition], crop: int, mode: str,
                 errors[g[1]] = g[2]
         if ok:
             flat = [c for g in ok for c in g[0]]
-            s = np.asarray(score_crops(model, flat, device, amp), dtype=np.float64).reshape(len(ok), -1)
+            s = np.asarray(score_crops(model, flat, device, amp, mean=mean, std=std),
+                           dtype=np.float64).reshape(len(ok), -1)
             for g, row in zip(ok, s):
                 scores[g[1]] = row
     return scores, errors
@@ -269,12 +269,7 @@ def plot(result: Dict[str, Any], out_dir: str) -> List[str]:
             ax.set_title(t, fontsize=9)
             ax.axvline(1.0, color="grey", lw=0.5)
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{result['title']} (mean over subsets)", fontsize=9)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "resize_ap.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, result, os.path.join(out_dir, "resize_ap.png")))
     groups = [g for g in ("jpeg", "webp", "blur") if any(c["group"] == g for c in conds)]
     if groups:
         fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups), 3.6), squeeze=False)
@@ -289,13 +284,18 @@ def plot(result: Dict[str, Any], out_dir: str) -> List[str]:
                 ax.invert_xaxis()
             ax.set_ylim(0, 100)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{result['title']} (mean over subsets)", fontsize=9)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "degrade.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, result, os.path.join(out_dir, "degrade.png")))
     return written
+
+
+def _save(fig, result: Dict[str, Any], path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(f"{result['title']} (mean over subsets)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def get_args_parser():

@@ -77,7 +77,9 @@ def test_all_unusable_raises_clearly(odd):
     ds = WindowDataset([odd["empty"], odd["text"]])
     from fitgap.data import Slot
 
-    with pytest.raises(RuntimeError, match="no usable image"):
+    from fitgap.errors import InputError
+
+    with pytest.raises(InputError, match="no usable image"):  # one line for the user, no traceback
         ds[(0, Slot(window=8, seed=0))]
 
 

@@ -141,6 +141,12 @@ def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path
 
 @pytest.mark.slow
 def test_evaluate_under_torchrun_counts_each_image_once(tree, pretrained, tmp_path):
+    # fine-tuning on 2 ranks: every rank keeps the same best AP (rank 0 alone used to update it)
+    run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+         *finetune_args(tree, str(tmp_path), "tr2", pretrained)])
+    with open(tmp_path / "tr2" / "log.jsonl") as f:
+        final = [json.loads(x) for x in f if '"final"' in x][-1]
+    assert len(final["rank_best_ap"]) == 2 and final["rank_best_ap"][0] == final["rank_best_ap"][1] >= 0
     run(finetune_args(tree, str(tmp_path), "tr", pretrained))
     out1, out2 = tmp_path / "e1", tmp_path / "e2"
     common = ["--ckpt", str(tmp_path / "tr" / "best.pt"), "--bench", "folder", "--root", tree,
@@ -204,6 +210,15 @@ def test_tiles_go_to_the_model_in_fixed_chunks():
     chunked = score_logits(m, crops, "cpu", max_crops=4)
     assert max(m.batches) <= 4
     assert chunked == pytest.approx([c.mean(dim=(1, 2, 3)).mean().item() for c in crops], abs=1e-6)
+    # uint8 crops are normalised chunk by chunk, with exactly the arithmetic of to_tensor
+    from fitgap.evaldata import stack_uint8, to_tensor
+
+    imgs = [np.random.default_rng(k).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8) for k in range(2)]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    raw = score_logits(Brightness(), [stack_uint8(list(a)) for a in imgs], "cpu", max_crops=4, mean=mean, std=std)
+    flt = score_logits(Brightness(), [torch.stack([to_tensor(t, mean, std) for t in a]) for a in imgs], "cpu",
+                       max_crops=4)
+    assert raw == flt
 
 
 def test_non_finite_scores_are_named_and_the_rest_is_reported(tmp_path):
@@ -259,3 +274,23 @@ def test_demo_scratch_ablation_trains_the_pretraining_architecture():
     assert scratch["model"] == pre["model"] and scratch["normalize"] == pre["normalize"]
     # without the overrides the ablation would train another architecture
     assert C.load_config(ft_yaml, ["init=null"], FINETUNE)["model"] != pre["model"]
+
+
+def test_the_same_finetuning_twice_gives_the_same_logits_bit_for_bit(tree, pretrained, tmp_path):
+    """Seeds, deterministic kernels, a fixed thread count and seeded loader workers (with random JPEG
+    and blur augmentation in a worker process): one machine, one answer."""
+    from fitgap.detector import load_detector
+
+    for name in ("first", "second"):
+        run(finetune_args(tree, str(tmp_path), name, pretrained, "data.workers=1", "augment.jpeg_prob=0.5",
+                          "augment.blur_prob=0.5", "train.threads=1"))
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    logits = []
+    for name in ("first", "second"):
+        model, _ = load_detector(str(tmp_path / name / "last.pt"), "cpu")
+        with torch.no_grad():
+            logits.append(model(x))
+    assert torch.equal(logits[0], logits[1])
+    a = torch.load(tmp_path / "first" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "second" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())

@@ -33,6 +33,22 @@ def losses(records):
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def kill_after_checkpoint(cmd, ck, min_step, timeout=240):
+    """Start `cmd` in its own process group and SIGKILL the whole group once checkpoint `ck` holds
+    step >= min_step (a launcher and every rank it started die at once, as on a lost node)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(ck) and torch.load(ck, weights_only=True)["step"] >= min_step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
@@ -70,18 +86,8 @@ def test_kill_and_resume_matches_uninterrupted_run(images, tmp_path):
     straight = losses(read_log(os.path.join(out, "straight", "log.jsonl")))
     assert sorted(straight) == list(range(1, 29))
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(common + ["name=killed"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     ck = os.path.join(out, "killed", "checkpoint.pt")
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(ck) and torch.load(ck, weights_only=True)["step"] >= 6:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(common + ["name=killed"], ck, 6)
     resumed_from = torch.load(ck, weights_only=True)["step"]
     assert 6 <= resumed_from < 28
     r = run_cmd(common + ["name=killed"], timeout=300)
@@ -166,3 +172,91 @@ def test_only_the_projects_errors_lose_their_traceback():
     assert e.value.code == 2
     with pytest.raises(ValueError, match="SyncBatchNorm"):  # propagates: traceback and non-zero exit
         run_main(library_error)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(args_node0, args_node1, timeout=240):
+    """Two torchrun launches on this machine, one process each, as two nodes of one job."""
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    procs = []
+    for node, extra in enumerate((args_node0, args_node1)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+               "train_contrastive.py", *extra]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True))
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=timeout)
+            out.append((p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    return out
+
+
+@pytest.mark.slow
+def test_two_node_launch_and_the_resume_decision_of_rank_0(images, tmp_path):
+    common = ["--config", "configs/demo_pretrain.yaml", *TINY, f"data.train={images}", "name=nodes",
+              "train.batch=32", "train.steps_per_epoch=2", "probe.images=null"]
+    shared = str(tmp_path / "shared")
+    res = two_nodes(common + [f"out_dir={shared}", "train.epochs=1"], common + [f"out_dir={shared}", "train.epochs=1"])
+    assert all(rc == 0 for rc, _, _ in res), [e[-2000:] for _, _, e in res]
+    final = [x for x in read_log(os.path.join(shared, "nodes", "log.jsonl")) if x.get("final")][-1]
+    assert final["ranks_in_sync"] and len(final["rank_checksums"]) == 2
+    # node 1 has its own run folder without the checkpoint rank 0 resumes from: the whole group stops
+    # with a message naming the rank and the path, within the timeout (no hang)
+    alone = str(tmp_path / "node1_only")
+    t0 = time.time()
+    res = two_nodes(common + [f"out_dir={shared}", "train.epochs=2"], common + [f"out_dir={alone}", "train.epochs=2"],
+                    timeout=180)
+    assert time.time() - t0 < 180
+    assert all(rc != 0 for rc, _, _ in res)
+    msg = res[0][2] + res[1][2]
+    want = os.path.join(alone, "nodes", "checkpoint.pt")
+    assert f"rank 1 cannot read {want}, which rank 0 resumes from" in msg, msg[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_on_two_ranks_continues_every_rank(images, tmp_path):
+    out = str(tmp_path / "runs")
+    common = [*TINY, f"data.train={images}", f"out_dir={out}", "train.batch=32", "train.steps_per_epoch=8",
+              "train.epochs=2", "train.ckpt_every=3", "probe.images=null"]
+
+    def launch(name, **kw):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *common, f"name={name}"]
+        return cmd
+
+    r = run_cmd(launch("straight"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    straight = {x["step"]: x for x in read_log(os.path.join(out, "straight", "log.jsonl")) if "loss" in x}
+    assert sorted(straight) == list(range(1, 17))
+
+    ck = os.path.join(out, "killed", "checkpoint.pt")
+    kill_after_checkpoint(launch("killed"), ck, 6)  # torchrun and both ranks
+    saved = torch.load(ck, weights_only=True)
+    resumed_from = saved["step"]
+    assert 6 <= resumed_from < 16 and len(saved["rng_ranks"]) == 2
+    assert not torch.equal(saved["rng_ranks"][0]["torch"], saved["rng_ranks"][1]["torch"])  # one stream per rank
+    r = run_cmd(launch("killed"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = {x["step"]: x for x in read_log(os.path.join(out, "killed", "log.jsonl")) if "loss" in x}
+    assert sorted(resumed) == list(range(1, 17))
+    for step in range(resumed_from + 1, 17):
+        a, b = resumed[step], straight[step]
+        assert abs(a["loss"] - b["loss"]) <= 1e-6, step
+        assert abs(a["rank_losses"][1] - b["rank_losses"][1]) <= 1e-6, step  # rank 1 continues exactly too
+    end_a = torch.load(ck, weights_only=True)["rng_ranks"]
+    end_b = torch.load(os.path.join(out, "straight", "checkpoint.pt"), weights_only=True)["rng_ranks"]
+    assert all(torch.equal(x["torch"], y["torch"]) for x, y in zip(end_a, end_b))  # each rank got its own back
