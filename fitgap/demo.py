@@ -69,7 +69,17 @@ def plot_ablation(results, path):
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    global RUN
+    ap = argparse.ArgumentParser(description="The whole method in miniature on the embedded data (CPU).")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of pre-training and fine-tuning; runs/demo for 0, runs/demo_seed<S> otherwise")
+    args = ap.parse_args(argv)
+    tag = "demo" if args.seed == 0 else f"demo_seed{args.seed}"
+    RUN = os.path.join("runs", tag)
+    seed = [f"seed={args.seed}"]
     t0 = time.time()
     from .minibench import ensure_minibench
     from .photos import export_photos
@@ -79,7 +89,7 @@ def main() -> None:
     timings = {"data": time.time() - t0}
 
     t = time.time()
-    sh("train_contrastive.py", "--config", PRETRAIN_CONFIG)
+    sh("train_contrastive.py", "--config", PRETRAIN_CONFIG, f"name={tag}/pretrain", *seed)
     timings["pretrain"] = time.time() - t
     pre = os.path.join(RUN, "pretrain", "checkpoint.pt")
 
@@ -87,7 +97,7 @@ def main() -> None:
     for label, name, init in (("pretrained", "finetune", pre), ("scratch", "finetune_scratch", "null")):
         t = time.time()
         extra = scratch_overrides() if init == "null" else []
-        sh("finetune.py", "--config", FINETUNE_CONFIG, f"name=demo/{name}", f"init={init}", *extra)
+        sh("finetune.py", "--config", FINETUNE_CONFIG, f"name={tag}/{name}", f"init={init}", *seed, *extra)
         out = os.path.join(RUN, name, "eval_mini")
         sh("evaluate.py", "--ckpt", os.path.join(RUN, name, "best.pt"), "--bench", "mini", "--split", "test",
            "--out", out, "--device", "cpu")

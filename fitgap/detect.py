@@ -45,8 +45,7 @@ def main(args, out=sys.stdout):
     model, cfg = load_detector(args.ckpt, info.device)
     files = expand(args.paths)
     size = args.size or cfg["eval"]["size"] or cfg["patch"]
-    ds = EvalDataset([(f, -1) for f in files], size, args.crop, cfg["normalize"]["mean"],
-                     cfg["normalize"]["std"], Perturbation())
+    ds = EvalDataset([(f, -1) for f in files], size, args.crop, Perturbation())
     writer = None if args.json else csv.writer(out)
     if writer:
         writer.writerow(["path", "p_fake", "label", "error"])

@@ -177,13 +177,13 @@ def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 class EvalDataset(Dataset):
     """(path, label) -> (uint8 crops [K, 3, h, w], label, index, error); unreadable files give
-    crops=None. The crops are normalised with (mean, std) in the scorer, chunk by chunk."""
+    crops=None. The scorer normalises the crops, chunk by chunk (fitgap.detector.score_logits)."""
 
-    def __init__(self, items: Sequence[Tuple[str, int]], crop: int, mode: str, mean, std,
+    def __init__(self, items: Sequence[Tuple[str, int]], crop: int, mode: str,
                  perturb: Perturbation = Perturbation()):
         if mode not in ("center", "tiles"):
             raise InputError(f"--crop: center or tiles, got {mode!r}")
-        self.items, self.crop, self.mode, self.mean, self.std, self.perturb = items, crop, mode, mean, std, perturb
+        self.items, self.crop, self.mode, self.perturb = items, crop, mode, perturb
 
     def __len__(self):
         return len(self.items)

@@ -33,7 +33,7 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
     Returns (scores {index: p_fake}, skipped {index: reason}); an image whose score is not finite
     (NaN logits) is skipped with the reason NON_FINITE, so that everything else is still reported."""
     mine = list(range(info.rank, len(items), info.world_size))
-    ds = EvalDataset([items[i] for i in mine], crop, mode, mean, std, perturb)
+    ds = EvalDataset([items[i] for i in mine], crop, mode, perturb)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores, skipped = {}, {}
     for group in tqdm(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):

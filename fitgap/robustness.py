@@ -90,10 +90,9 @@ class SweepDataset(Dataset):
     """(path, label) -> ([crops of native, crops of condition 1, ...], index, error). One decode per
     image; every condition is applied to the same decoded pixels."""
 
-    def __init__(self, items, conds: Sequence[Condition], crop: int, mode: str, mean, std,
-                 reencode: Optional[str] = None):
+    def __init__(self, items, conds: Sequence[Condition], crop: int, mode: str, reencode: Optional[str] = None):
         self.items, self.conds, self.crop, self.mode = items, list(conds), crop, mode
-        self.mean, self.std, self.base = mean, std, Perturbation(reencode=reencode)
+        self.base = Perturbation(reencode=reencode)
 
     def __len__(self):
         return len(self.items)
@@ -142,7 +141,7 @@ def sweep_subset(model, items, conds: Sequence[Condition], crop: int, mode: str,
                  batch: int = 16, workers: int = 2, amp: str = "none", reencode: Optional[str] = None,
                  desc: str = ""):
     """Scores [n_images, 1 + n_conditions] (NaN for unreadable images or non-finite scores)."""
-    ds = SweepDataset(items, conds, crop, mode, mean, std, reencode)
+    ds = SweepDataset(items, conds, crop, mode, reencode)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores = np.full((len(items), 1 + len(conds)), np.nan)
     errors: Dict[int, str] = {}

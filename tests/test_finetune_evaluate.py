@@ -169,8 +169,8 @@ def test_perturbations_are_label_blind(tmp_path):
     items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
     for p in (Perturbation(jpeg=50), Perturbation(blur=1.5), Perturbation(resize=0.75),
               Perturbation(jpeg=70, blur=0.5, resize=1.25)):
-        ds = EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3, p)
-        plain = EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3)
+        ds = EvalDataset(items, 32, "center", p)
+        plain = EvalDataset(items, 32, "center")
         assert torch.equal(ds[0][0], ds[1][0])
         assert not torch.equal(ds[0][0], plain[0][0])
     with pytest.raises(ValueError, match="--jpeg"):

@@ -44,13 +44,13 @@ def test_new_perturbations_are_label_blind(tmp_path):
         os.makedirs(tmp_path / label)
         Image.fromarray(img).save(tmp_path / label / "same.png")
     items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
-    plain = EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3)
+    plain = EvalDataset(items, 32, "center")
     for p in (Perturbation(webp=75), Perturbation(reencode="jpeg:90"), Perturbation(resize=0.75, resize_kernel="bicubic",
                                                                                     antialias=False)):
-        ds = EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3, p)
+        ds = EvalDataset(items, 32, "center", p)
         assert torch.equal(ds[0][0], ds[1][0]) and not torch.equal(ds[0][0], plain[0][0])
     # PNG re-encoding is lossless: the pixels a detector sees do not change
-    assert torch.equal(EvalDataset(items, 32, "center", [0.5] * 3, [0.25] * 3, Perturbation(reencode="png"))[0][0],
+    assert torch.equal(EvalDataset(items, 32, "center", Perturbation(reencode="png"))[0][0],
                        plain[0][0])
 
 
