@@ -48,7 +48,8 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
               "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
               "ckpt_every": 1000, "keep_every": 0, "log_every": 10, "threads": None, "deterministic": True},
-    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True},
+    # every: also probe every N steps during training (0: only at the end), logged with the elapsed time
+    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True, "every": 0},
 }
 
 
@@ -83,6 +84,7 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
     C.require(t["steps_per_epoch"] is None or t["steps_per_epoch"] >= 1, "train.steps_per_epoch",
               "must be >= 1 or null")
     C.require(t["ckpt_every"] >= 1 and t["log_every"] >= 1, "train.ckpt_every", "and train.log_every must be >= 1")
+    C.require(cfg["probe"]["every"] >= 0, "probe.every", "must be >= 0 (0: probe at the end only)")
     C.require(cfg["loss"]["temperature"] > 0, "loss.temperature", "must be positive")
     bt = cfg["loss"]["base_temperature"]
     C.require(bt is None or (isinstance(bt, (int, float)) and not isinstance(bt, bool) and bt > 0),
@@ -181,6 +183,16 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.0f}")
                 log.write({"step": state["step"], "epoch": state["epoch"], "loss": mean_loss, "lr": lr,
                            "patches_per_s": rate, "skipped": len(skipped), "rank_losses": rank_losses})
+        every = cfg["probe"]["every"]
+        if cfg["probe"]["images"] and every and state["step"] % every == 0 and state["step"] < total_steps:
+            if info.is_main:  # the probe draws from its own seeded generators: training is unchanged
+                from .probe import format_probe, run_probe
+
+                report = run_probe(model_without_ddp.encoder, cfg, device, baseline=False)
+                log.write({"step": state["step"], "elapsed_s": time.perf_counter() - state["t_start"],
+                           "probe": report})
+                tqdm.write(f"step {state['step']}: " + format_probe(report))
+            D.barrier()
         if state["step"] % t["ckpt_every"] == 0 and state["step"] < total_steps:
             rngs = ckpt.rank_rng_states()  # every rank's own RNG state, restored to that rank on resume
             if info.is_main:
@@ -225,12 +237,12 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         total_steps = min(total_steps, t["max_steps"])
     schedule = cosine_schedule(o["lr"], total_steps, o["warmup_steps"], o["min_lr"])
 
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "t_start": time.perf_counter()}
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     resume_path = os.path.join(run_dir, "checkpoint.pt")
     saved = ckpt.resume_everywhere(resume_path, model_without_ddp, optimizer, scaler)
     if saved is not None:
-        state = {"step": saved["step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"]}
+        state.update(step=saved["step"], epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"])
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
@@ -284,7 +296,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
         report = run_probe(model_without_ddp.encoder, cfg, info.device)
         result["probe"] = report
-        log.write({"step": state["step"], "probe": report})
+        log.write({"step": state["step"], "elapsed_s": time.perf_counter() - state["t_start"], "probe": report})
         print(format_probe(report), flush=True)
     D.barrier()
     return result

@@ -9,7 +9,7 @@ photo is tested. Reported: ratio accuracy vs chance (overall and per ratio), and
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
     return report
 
 
-def run_probe(encoder, cfg: Dict[str, Any], device) -> Dict[str, Any]:
+def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = None) -> Dict[str, Any]:
     """The probe of a pre-training config (probe.images, the run's ratios, patch and normalisation).
 
     With probe.baseline (default), the same probe of the encoder as pre-training started from (same
@@ -138,7 +138,7 @@ def run_probe(encoder, cfg: Dict[str, Any], device) -> Dict[str, Any]:
     args = (list_images(p["images"]), ratios_from_config(cfg["ratios"]), cfg["plan"]["patch"], device,
             p["patches"], p["window"], cfg["plan"]["quantize"], mean, std, p.get("seed", 0))
     report = probe_encoder(encoder, *args)
-    if p.get("baseline", True):
+    if p.get("baseline", True) if baseline is None else baseline:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.get("seed", 0))
             fresh = encoder_from_config(cfg["model"]).to(device)

@@ -150,7 +150,7 @@ def test_truncated_checkpoint_is_one_line_with_what_to_do(tmp_path, images):
     data = (run_dir / "checkpoint_0001.pt").read_bytes()
     (run_dir / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
-           f"data.train={images}", f"out_dir={tmp_path}", "name=trunc", "train.batch=16"]
+           f"data.train={images}", f"out_dir={tmp_path}", "name=trunc", "train.batch=16", "probe.images=null"]
     r = run_cmd(cmd, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -260,3 +260,20 @@ def test_kill_and_resume_on_two_ranks_continues_every_rank(images, tmp_path):
     end_a = torch.load(ck, weights_only=True)["rng_ranks"]
     end_b = torch.load(os.path.join(out, "straight", "checkpoint.pt"), weights_only=True)["rng_ranks"]
     assert all(torch.equal(x["torch"], y["torch"]) for x, y in zip(end_a, end_b))  # each rank got its own back
+
+
+def test_probe_every_n_steps_logs_a_curve(images, tmp_path):
+    heldout = tmp_path / "heldout"
+    write_images(str(heldout), 3, size=(120, 120), seed=50)
+    cmd = [sys.executable, "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY,
+           f"data.train={images}", f"out_dir={tmp_path}", "name=curve", "train.batch=16", "train.steps_per_epoch=4",
+           f"probe.images={heldout}", "probe.every=2", "probe.window=96", "probe.patches=4", "probe.baseline=false"]
+    r = run_cmd(cmd, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    probes = [x for x in read_log(str(tmp_path / "curve" / "log.jsonl")) if "probe" in x]
+    assert [x["step"] for x in probes] == [2, 4]  # during training, then the final probe
+    assert probes[0]["elapsed_s"] < probes[1]["elapsed_s"] and "phase" in probes[0]["probe"]
+    straight = losses(read_log(str(tmp_path / "curve" / "log.jsonl")))
+    cmd2 = [c for c in cmd if not c.startswith("probe.every")] + ["name=nocurve"]
+    assert run_cmd(cmd2, timeout=300).returncode == 0
+    assert losses(read_log(str(tmp_path / "nocurve" / "log.jsonl"))) == straight  # probing changes no step
