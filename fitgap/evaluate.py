@@ -228,11 +228,13 @@ def load_threshold(src: str) -> Tuple[float, str]:
         raise InputError(f"--threshold-from: {src}: {exc}") from None
 
 
-def run_title(bench: str, ckpt_path: str, perturb: Perturbation) -> str:
-    """Names the checkpoint's run folder and the perturbation, so two tables can be told apart."""
+def run_title(bench: str, ckpt_path: str, perturb: Optional[Perturbation]) -> str:
+    """Names the checkpoint's run folder and the perturbation (if any is given), so two tables can be
+    told apart."""
     p = os.path.abspath(ckpt_path)
     run_name = os.path.basename(os.path.dirname(p))
-    return f"{bench}: {run_name}/{os.path.basename(p)}, perturbation {perturb.describe()}"
+    return f"{bench}: {run_name}/{os.path.basename(p)}" + ("" if perturb is None else
+                                                           f", perturbation {perturb.describe()}")
 
 
 def run(args) -> Dict[str, Any]:

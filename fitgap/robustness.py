@@ -274,9 +274,13 @@ def plot(result: Dict[str, Any], out_dir: str) -> List[str]:
         fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups), 3.6), squeeze=False)
         for ax, g in zip(axes[0], groups):
             cs = sorted([c for c in conds if c["group"] == g], key=lambda c: c["strength"])
-            xs = [c["strength"] for c in cs]
+            # native is the left end of every line: blur 0, or "no re-encoding" beyond quality 100
+            native_x = 0.0 if g == "blur" else 105.0
+            pts = sorted([(c["strength"], m[c["name"]]) for c in cs] + [(native_x, native)], key=lambda t: t[0])
             for key, label in (("ap", "AP"), ("acc", "acc"), ("real_acc", "real acc"), ("fake_acc", "fake acc")):
-                ax.plot(xs, [100 * (m[c["name"]][key] or 0) for c in cs], marker="o", ms=3, label=label)
+                ax.plot([x for x, _ in pts], [100 * (r[key] or 0) for _, r in pts], marker="o", ms=3, label=label)
+            ticks = sorted({x for x, _ in pts})
+            ax.set_xticks(ticks, ["native" if x == native_x else f"{x:g}" for x in ticks], fontsize=7)
             ax.axhline(100 * (native["ap"] or 0), color="k", lw=0.8, ls=":", label="native AP")
             ax.set_xlabel({"jpeg": "JPEG quality", "webp": "WebP quality", "blur": "blur sigma (px)"}[g])
             if g in ("jpeg", "webp"):
@@ -349,7 +353,8 @@ def run(args) -> Dict[str, Any]:
     subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
     crop = args.size or cfg["eval"]["size"] or cfg["patch"]
     n = cfg["normalize"]
-    title = run_title(args.bench, args.ckpt, Perturbation(reencode=args.reencode))
+    title = run_title(args.bench, args.ckpt, None) + (f", every image re-encoded as {args.reencode} first"
+                                                      if args.reencode else "")
     result: Dict[str, Any] = {"title": title, "checkpoint": os.path.abspath(args.ckpt), "bench": args.bench,
                               "threshold": threshold, "threshold_from": threshold_from, "reencode": args.reencode,
                               "crop": {"size": crop, "mode": args.crop},
