@@ -26,21 +26,10 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import print_table  # noqa: E402
+from common import cpu_model, print_table  # noqa: E402
 from fitgap.audit import audit, read_headers  # noqa: E402
 from fitgap.benchmarks import load_benchmark  # noqa: E402
 from fitgap.data import decode_rgb  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_tree(root: str, n: int, seed: int = 0) -> None:

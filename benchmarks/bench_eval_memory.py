@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import print_table  # noqa: E402
+from common import cpu_model, print_table  # noqa: E402
 
 MEASURE = r"""
 import json, resource, runpy, sys
@@ -80,8 +80,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20)
     args = ap.parse_args()
-    from bench_audit import cpu_model
-
     print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_eval_mem_") as tmp:
         photos(os.path.join(tmp, "bench"), args.n)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 from fractions import Fraction
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_interleaved, time_it  # noqa: E402
+from common import cpu_model, print_table, time_interleaved, time_it  # noqa: E402
 
 import rescale_ext  # noqa: E402
 from rescale_ext import dst_length, pack_windows, rescale_gather  # noqa: E402
@@ -92,17 +91,6 @@ def cv2_path(s, cv2):
                                        interpolation=cv2.INTER_LINEAR)
         out[i] = per_window[b][y:y + patch, x:x + patch].transpose(2, 0, 1)
     return torch.from_numpy(out)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def isa_op(s, name):

@@ -1,6 +1,7 @@
 """Timing and table helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence
@@ -60,3 +61,15 @@ def print_table(headers: Sequence[str], rows: List[Sequence[object]], title: str
     text = "\n".join(lines)
     print(text + "\n", flush=True)
     return text
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), printed above every benchmark table."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
