@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from .errors import CheckpointError, MissingInput
+from .errors import CheckpointError, FitgapError, MissingInput
 
 
 def _atomic(path: str, write) -> None:
@@ -113,7 +113,6 @@ def check_resumable_everywhere(path: str, cfg: Dict[str, Any], same: Sequence[st
     """check_resumable decided by rank 0 alone (its view of the run folder) and raised on every rank,
     so that ranks never disagree about whether a run may start."""
     from . import distributed as D
-    from .errors import FitgapError
 
     error = None
     if D.get_rank() == 0:

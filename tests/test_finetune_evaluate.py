@@ -167,12 +167,15 @@ def test_perturbations_are_label_blind(tmp_path):
         os.makedirs(tmp_path / label)
         Image.fromarray(img).save(tmp_path / label / "same.png")
     items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
+    plain = EvalDataset(items, 32, "center")
     for p in (Perturbation(jpeg=50), Perturbation(blur=1.5), Perturbation(resize=0.75),
-              Perturbation(jpeg=70, blur=0.5, resize=1.25)):
+              Perturbation(jpeg=70, blur=0.5, resize=1.25), Perturbation(webp=75), Perturbation(reencode="jpeg:90"),
+              Perturbation(resize=0.75, resize_kernel="bicubic", antialias=False)):
         ds = EvalDataset(items, 32, "center", p)
-        plain = EvalDataset(items, 32, "center")
         assert torch.equal(ds[0][0], ds[1][0])
         assert not torch.equal(ds[0][0], plain[0][0])
+    # PNG re-encoding is lossless: the pixels a detector sees do not change
+    assert torch.equal(EvalDataset(items, 32, "center", Perturbation(reencode="png"))[0][0], plain[0][0])
     with pytest.raises(ValueError, match="--jpeg"):
         Perturbation(jpeg=0).check()
 
