@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .data import IMAGE_EXTENSIONS
+from .index import IMAGE_EXTENSIONS
 from .errors import InputError, MissingInput
 
 SELFSYNTH = ["AttGAN", "BEGAN", "CramerGAN", "InfoMaxGAN", "MMDGAN", "RelGAN", "S3GAN", "SNGAN", "STGAN"]

@@ -6,47 +6,33 @@ skipped and counted, never a crash and never a silent drop; PIL's decompression-
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from rescale_ext import pack_windows
 
+from .index import PathIndex, build_index
 from .plan import PlanSpec, make_plan
-from .errors import InputError, MissingInput
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
+from .errors import InputError
 
 class ImageError(Exception):
     """An image that cannot be used; str() is the reason."""
 
 
 def list_images(source: str) -> List[str]:
-    """All image files under a folder (recursive, sorted), or the paths listed in a text file (one a
-    line, relative paths resolved against the file's folder; '#' comments)."""
-    if os.path.isdir(source):
-        out = []
-        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
-            dirnames.sort()
-            out += [os.path.join(dirpath, f) for f in sorted(filenames)
-                    if f.lower().endswith(IMAGE_EXTENSIONS)]
-        return out
-    if os.path.isfile(source):
-        base = os.path.dirname(os.path.abspath(source))
-        with open(source) as f:
-            lines = [ln.strip() for ln in f]
-        return [ln if os.path.isabs(ln) else os.path.join(base, ln)
-                for ln in lines if ln and not ln.startswith("#")]
-    raise MissingInput(f"image source {source!r} is neither a folder nor a file list")
+    """All image files under a folder (recursive, sorted), or the paths listed in a file (text: one a
+    line, '#' comments; CSV; .npy), relative paths resolved against the file's folder."""
+    return build_index(source).index.tolist()
 
 
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
@@ -71,14 +57,15 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def decode_rgb(path: str) -> np.ndarray:
-    """Decode an image file to [H, W, 3] uint8; raises ImageError with the reason."""
+def decode_rgb(src: Union[str, bytes]) -> np.ndarray:
+    """Decode an image file (a path, or its bytes as read from a shard) to [H, W, 3] uint8; raises
+    ImageError with the reason."""
     try:
-        if os.path.getsize(path) == 0:
+        if (len(src) if isinstance(src, bytes) else os.path.getsize(src)) == 0:
             raise ImageError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb_uint8(img)
@@ -97,16 +84,28 @@ class Slot:
     seed: int  # window placement
 
 
+def cut_window(img: np.ndarray, slot: Slot) -> Union[np.ndarray, str]:
+    """The slot's square window of an image (placement drawn from slot.seed), or why there is none."""
+    h, w = img.shape[:2]
+    s = slot.window
+    if h < s or w < s:
+        return f"too small: {w}x{h} < {s}x{s} window"
+    rng = np.random.default_rng(slot.seed)
+    y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+    return np.ascontiguousarray(img[y:y + s, x:x + s])
+
+
 class WindowDataset(Dataset):
     """Item (index, Slot) -> (window uint8 [S, S, 3], skipped [(path, reason)]).
 
     An image that cannot give the window (unreadable, too small) is replaced by the next candidates
     in a fixed order, and reported as skipped."""
 
-    def __init__(self, paths: Sequence[str], max_tries: int = 16, cache_images: int = 0):
-        if not paths:
+    def __init__(self, paths, max_tries: int = 16, cache_images: int = 0):
+        if not len(paths):
             raise InputError("no images found")
-        self.paths = list(paths)
+        # flat storage: a forked worker reading paths does not copy them page by page (fitgap.index)
+        self.paths = paths if isinstance(paths, PathIndex) else PathIndex.from_paths(list(paths))
         self.max_tries = max_tries
         self.cache_images = cache_images  # decoded images kept per worker (small datasets)
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -137,16 +136,18 @@ class WindowDataset(Dataset):
             except ImageError as exc:
                 skipped.append((path, str(exc)))
                 continue
-            h, w = img.shape[:2]
-            s = slot.window
-            if h < s or w < s:
-                skipped.append((path, f"too small: {w}x{h} < {s}x{s} window"))
+            window = cut_window(img, slot)
+            if isinstance(window, str):
+                skipped.append((path, window))
                 continue
-            rng = np.random.default_rng(slot.seed)
-            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-            return np.ascontiguousarray(img[y:y + s, x:x + s]), skipped
+            return window, skipped
         raise InputError(f"no usable image among {min(self.max_tries, n)} candidates starting at "
                            f"{self.paths[index]!r}: {skipped[-3:]}")
+
+
+def step_plan(spec: PlanSpec, seed: int, epoch: int, step: int, rank: int):
+    """The plan of one rank's batch: deterministic in (seed, epoch, step, rank), whatever feeds it."""
+    return make_plan(spec, np.random.default_rng([seed, epoch, step, rank]))
 
 
 class PlanBatchSampler(Sampler):
@@ -160,39 +161,43 @@ class PlanBatchSampler(Sampler):
                  steps_per_epoch: Optional[int] = None):
         self.spec = spec
         self.rank, self.seed = rank, seed
-        self.sampler = DistributedSampler(range(n_images), num_replicas=world_size, rank=rank,
-                                          shuffle=True, seed=seed, drop_last=False)
-        per_rank = len(self.sampler)
+        self.n_images, self.world_size = n_images, world_size
+        self.epoch = 0
+        per_rank = math.ceil(n_images / world_size)
         if steps_per_epoch is None:
             steps_per_epoch = per_rank // spec.images
             if steps_per_epoch == 0:
                 raise InputError(f"{n_images} images give no full batch of {spec.images} images per "
                                  f"rank x {world_size} ranks; set train.steps_per_epoch to cycle")
         self.steps = steps_per_epoch
-        self.epoch = 0
         self.start_step = 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch = epoch
         self.start_step = start_step
-        self.sampler.set_epoch(epoch)
+
+    def rank_order(self) -> np.ndarray:
+        """This rank's shuffled share, the same indices as torch's DistributedSampler(shuffle=True,
+        drop_last=False) gives, as one int64 array instead of a list of Python ints."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n_images, generator=g).numpy()
+        total = math.ceil(self.n_images / self.world_size) * self.world_size
+        return np.resize(order, total)[self.rank:total:self.world_size]
 
     def __len__(self) -> int:
         return self.steps - self.start_step
 
     def __iter__(self) -> Iterator[List[Tuple[int, Slot]]]:
-        order = list(self.sampler)
+        order = self.rank_order()
         need = self.steps * self.spec.images
         reps = math.ceil(need / len(order))
-        stream = []
-        for r in range(reps):
-            g = np.random.default_rng([self.seed, self.epoch, r, 7])
-            stream += order if r == 0 else [order[i] for i in g.permutation(len(order))]
+        stream = np.concatenate([order] + [order[np.random.default_rng([self.seed, self.epoch, r, 7])
+                                                 .permutation(len(order))] for r in range(1, reps)])
         for step in range(self.start_step, self.steps):
-            rng = np.random.default_rng([self.seed, self.epoch, step, self.rank])
-            plan = make_plan(self.spec, rng)
+            plan = step_plan(self.spec, self.seed, self.epoch, step, self.rank)
             chunk = stream[step * self.spec.images:(step + 1) * self.spec.images]
-            yield [(idx, Slot(int(plan.windows[i]), int(plan.seeds[i])), plan if i == 0 else None)
+            yield [(int(idx), Slot(int(plan.windows[i]), int(plan.seeds[i])), plan if i == 0 else None)
                    for i, idx in enumerate(chunk)]
 
 

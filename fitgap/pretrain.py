@@ -16,7 +16,9 @@ import rescale_ext
 from . import checkpoint as ckpt
 from . import config as C
 from . import distributed as D
-from .data import PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned, list_images, summarize_skipped
+from . import shards
+from .data import PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned, summarize_skipped
+from .index import broadcast_index, index_for_run
 from .losses import supcon_loss
 from .models import ContrastiveModel, encoder_from_config
 from .optim import amp_context, optimizer_step, set_lr
@@ -33,7 +35,10 @@ DEFAULTS: Dict[str, Any] = {
     "out_dir": "runs",
     "seed": 0,
     "device": "auto",  # auto | cpu | cuda
-    "data": {"train": "", "workers": 4, "min_side": 300, "max_tries": 16, "cache_images": 0},
+    # train: a folder of real images, a list file (text/CSV/npy), or WebDataset shards ("dir/train-{000000..000146}.tar"
+    # or the shards.json that `python -m fitgap.shards` writes); index: a list file of paths (relative ones
+    # join data.train when that is a folder)
+    "data": {"train": "", "index": None, "workers": 4, "min_side": 300, "max_tries": 16, "cache_images": 0},
     "ratios": {"list": None, "range": None, "max_denominator": 8},
     "plan": {"patch": 128, "images_per_ratio": 2, "phases_per_image": 2, "patches_per_phase": 2,
              "grid": 2, "quantize": True},
@@ -96,12 +101,24 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
     C.require(all(s > 0 for s in cfg["normalize"]["std"]), "normalize.std", "must be positive")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
     check_train_common(cfg)
-    C.require(bool(cfg["data"]["train"]), "data.train", "set a folder of real images or a file list")
-    C.require(os.path.exists(cfg["data"]["train"]), "data.train", f"{cfg['data']['train']!r} does not exist")
+    check_data_source(cfg["data"])
     if cfg["probe"]["images"]:
         C.require(os.path.exists(cfg["probe"]["images"]), "probe.images",
                   f"{cfg['probe']['images']!r} does not exist")
     return spec
+
+
+def check_data_source(d: Dict[str, Any]) -> None:
+    if d["index"]:
+        C.require(os.path.isfile(d["index"]), "data.index", f"{d['index']!r} is not a file")
+        C.require(not d["train"] or os.path.isdir(d["train"]), "data.train",
+                  f"with data.index set, data.train is the folder relative paths join; {d['train']!r} is not one")
+        return
+    C.require(bool(d["train"]), "data.train", "set a folder of real images, a file list or shards")
+    if shards.is_shard_source(d["train"]):
+        shards.check_source(d["train"])
+        return
+    C.require(os.path.exists(d["train"]), "data.train", f"{d['train']!r} does not exist")
 
 
 def check_train_common(cfg: Dict[str, Any]) -> None:
@@ -150,9 +167,50 @@ def contrastive_step(model, batch, cfg, device, info: D.DistInfo):
     return loss, x.shape[0]
 
 
-def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch, rng_ranks):
+def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch, rng_ranks,
+                    stream=None):
     ckpt.save_training(path, model_without_ddp, optimizer, scaler, cfg, "pretrain", rng_ranks=rng_ranks, step=step,
-                       epoch=epoch, step_in_epoch=step_in_epoch)
+                       epoch=epoch, step_in_epoch=step_in_epoch, stream=stream)
+
+
+def stream_state(state: Dict[str, Any], info: D.DistInfo) -> Dict[str, Any]:
+    """Every rank's shard readers: samples consumed per unit this epoch (a collective)."""
+    consumed: Dict[int, int] = {}
+    for part in D.all_gather_object(state["consumed"]):
+        consumed.update(part)
+    return {"units": state["units"], "consumed": consumed}
+
+
+def build_feed(cfg: Dict[str, Any], spec: PlanSpec, info: D.DistInfo, run_dir: str, resume_path: str):
+    """What feeds the batches: shards (an IterableDataset of whole batches) or an image list (a
+    map-style dataset + the plan batch sampler). Returns (feed with .steps and .set_epoch, loader)."""
+    d, t = cfg["data"], cfg["train"]
+    seeding = loader_seeding(cfg["seed"], info.rank)
+    if not d["index"] and shards.is_shard_source(d["train"]):
+        listed = shards.shard_list(d["train"]) if info.is_main else None  # rank 0 reads the manifest / counts
+        feed = shards.ShardWindows(D.broadcast_object(listed), spec, info.rank, info.world_size, cfg["seed"],
+                                   d["workers"], d["max_tries"])
+        if t["steps_per_epoch"]:
+            C.require(t["steps_per_epoch"] <= feed.steps, "train.steps_per_epoch",
+                      f"{t['steps_per_epoch']} is more than the {feed.steps} steps the shards give every rank")
+            feed.steps = t["steps_per_epoch"]
+        if info.is_main:
+            print(f"shards: {len(feed.shards)} ({sum(x.samples for x in feed.shards)} images), {feed.units} "
+                  f"readers (ranks x workers), {feed.steps} steps per epoch", flush=True)
+        # fresh workers every epoch: they take the epoch and resume point from set_epoch
+        loader = DataLoader(feed, batch_size=None, num_workers=d["workers"], pin_memory=info.device.type == "cuda",
+                            persistent_workers=False, **seeding)
+        return feed, loader
+    paths = None
+    if info.is_main:  # rank 0 lists (or reuses the run's saved index); the others receive it
+        paths = index_for_run(d["index"] or d["train"], run_dir, os.path.isfile(resume_path),
+                              root=d["train"] if d["index"] and d["train"] else None)
+    dataset = WindowDataset(broadcast_index(paths, info.device), d["max_tries"], d["cache_images"])
+    feed = PlanBatchSampler(len(dataset), spec, info.rank, info.world_size, cfg["seed"], t["steps_per_epoch"])
+    loader = DataLoader(PlannedWindows(dataset), batch_sampler=feed, collate_fn=collate_planned,
+                        num_workers=d["workers"], pin_memory=info.device.type == "cuda",
+                        persistent_workers=d["workers"] > 0, **seeding)
+    return feed, loader
 
 
 def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedule, cfg, info, state,
@@ -173,6 +231,8 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
         state["step"] += 1
         state["step_in_epoch"] += 1
         losses.append(mean_loss)
+        if "unit" in batch:  # shard input: where this batch's reader is in its shards
+            state["consumed"][batch["unit"]] = batch["consumed"]
         skipped += batch["skipped"]
         seen += n * info.world_size
         bar.update(1)
@@ -195,9 +255,10 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
             D.barrier()
         if state["step"] % t["ckpt_every"] == 0 and state["step"] < total_steps:
             rngs = ckpt.rank_rng_states()  # every rank's own RNG state, restored to that rank on resume
+            stream = stream_state(state, info)
             if info.is_main:
                 save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), model_without_ddp, optimizer,
-                                scaler, cfg, state["step"], state["epoch"], state["step_in_epoch"], rngs)
+                                scaler, cfg, state["step"], state["epoch"], state["step_in_epoch"], rngs, stream)
             D.barrier()
         if state["step"] >= total_steps:
             break
@@ -228,24 +289,30 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
                                  weight_decay=o["weight_decay"])
     scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
 
-    paths = list_images(cfg["data"]["train"])
-    dataset = WindowDataset(paths, cfg["data"]["max_tries"], cfg["data"]["cache_images"])
-    sampler = PlanBatchSampler(len(dataset), spec, info.rank, info.world_size, cfg["seed"],
-                               t["steps_per_epoch"])
+    resume_path = os.path.join(run_dir, "checkpoint.pt")
+    sampler, loader = build_feed(cfg, spec, info, run_dir, resume_path)
     total_steps = t["epochs"] * sampler.steps
     if t["max_steps"]:
         total_steps = min(total_steps, t["max_steps"])
     schedule = cosine_schedule(o["lr"], total_steps, o["warmup_steps"], o["min_lr"])
 
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "t_start": time.perf_counter()}
+    units = getattr(sampler, "units", None)
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "t_start": time.perf_counter(), "consumed": {},
+             "units": units}
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
-    resume_path = os.path.join(run_dir, "checkpoint.pt")
     saved = ckpt.resume_everywhere(resume_path, model_without_ddp, optimizer, scaler)
     if saved is not None:
         state.update(step=saved["step"], epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"])
+        stream = saved.get("stream") or {}
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
+        elif units is not None and stream.get("units") == units:
+            state["consumed"] = {int(k): int(v) for k, v in stream["consumed"].items()}
+        elif units is not None and info.is_main:
+            print(f"warning: the checkpoint's shard readers ({stream.get('units')}) differ from this run's "
+                  f"({units} = ranks x data.workers): the rest of epoch {state['epoch']} is dealt anew, so it "
+                  "does not see the same images an uninterrupted run would", flush=True)
         if info.is_main:
             log.truncate_after(state["step"])
             print(f"resumed from {resume_path} at step {state['step']} (epoch {state['epoch']})",
@@ -256,18 +323,19 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if t["compile"]:
         model = torch.compile(model)
 
-    loader = DataLoader(PlannedWindows(dataset), batch_sampler=sampler, collate_fn=collate_planned,
-                        num_workers=cfg["data"]["workers"], pin_memory=info.device.type == "cuda",
-                        persistent_workers=cfg["data"]["workers"] > 0, **loader_seeding(cfg["seed"], info.rank))
     result = {"steps": state["step"], "loss": float("nan")}
     while state["step"] < total_steps and state["epoch"] < t["epochs"]:
-        sampler.set_epoch(state["epoch"], state["step_in_epoch"])
+        if units is None:
+            sampler.set_epoch(state["epoch"], state["step_in_epoch"])
+        else:
+            sampler.set_epoch(state["epoch"], state["step_in_epoch"], state["consumed"])
         stats = train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedule, cfg, info,
                                 state, log, run_dir, sampler.steps)
         skipped = [s for part in D.all_gather_object(stats["skipped"]) for s in part]
         summary = summarize_skipped(skipped)
         epoch_done = state["step_in_epoch"] >= sampler.steps
         rngs = ckpt.rank_rng_states()
+        stream = stream_state(state, info)
         if info.is_main:
             log.write({"step": state["step"], "epoch": state["epoch"], "epoch_loss": stats["loss"],
                        "skipped_images": summary})
@@ -277,16 +345,17 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
                         f"{summary['reasons']}, e.g. {summary['examples'][:3]}")
             print(msg, flush=True)
             save_checkpoint(resume_path, model_without_ddp, optimizer, scaler, cfg, state["step"],
-                            state["epoch"], state["step_in_epoch"], rngs)
+                            state["epoch"], state["step_in_epoch"], rngs, stream)
             if t["keep_every"] and epoch_done and (state["epoch"] + 1) % t["keep_every"] == 0:
                 save_checkpoint(os.path.join(run_dir, f"checkpoint_{state['epoch']:04d}.pt"),
                                 model_without_ddp, optimizer, scaler, cfg, state["step"], state["epoch"],
-                                state["step_in_epoch"], rngs)
+                                state["step_in_epoch"], rngs, stream)
         D.barrier()
         result = {"steps": state["step"], "loss": stats["loss"], "skipped": summary}
         if epoch_done:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
+            state["consumed"] = {}
     checksums = D.weight_checksums(model_without_ddp)
     if info.is_main:
         log.write({"step": state["step"], "final": True, "rank_checksums": checksums,
