@@ -184,14 +184,21 @@ class ShardWindows(IterableDataset):
         return self.steps - self.start_step
 
     def _stream(self, unit: int, position: int) -> Iterator[Tuple[str, bytes]]:
-        for i in deal(len(self.shards), self.units, self.seed, self.epoch)[unit]:
-            shard = self.shards[i]
-            if position >= shard.samples:  # whole shard before the resume point: not opened
-                position -= shard.samples
-                continue
-            for key, data in iter_samples(shard.url, position):
-                yield f"{os.path.basename(shard.url)}:{key}", data
-            position = 0
+        """The unit's samples from `position` on. Past its last shard it starts again at its first
+        (only unusable samples can make a unit need more than its share; those few are read twice)."""
+        mine = [self.shards[i] for i in deal(len(self.shards), self.units, self.seed, self.epoch)[unit]]
+        total = sum(s.samples for s in mine)
+        if total == 0:
+            raise InputError(f"reader {unit} (rank {self.rank}) was dealt only empty shards")
+        position %= total
+        while True:
+            for shard in mine:
+                if position >= shard.samples:  # a whole shard before the resume point: not opened
+                    position -= shard.samples
+                    continue
+                for key, data in iter_samples(shard.url, position):
+                    yield f"{os.path.basename(shard.url)}:{key}", data
+                position = 0
 
     def __iter__(self):
         info = get_worker_info()
@@ -212,12 +219,7 @@ class ShardWindows(IterableDataset):
                 slot = Slot(int(plan.windows[j]), int(plan.seeds[j]))
                 skipped = []
                 while True:
-                    try:
-                        key, data = next(stream)
-                    except StopIteration:
-                        raise InputError(f"unit {unit} (rank {self.rank}) ran out of samples in epoch "
-                                         f"{self.epoch}: {len(skipped)} of its last samples were unusable, "
-                                         f"e.g. {skipped[-3:]}") from None
+                    key, data = next(stream)
                     position += 1
                     try:
                         window = cut_window(decode_rgb(data), slot)
@@ -227,7 +229,8 @@ class ShardWindows(IterableDataset):
                         break
                     skipped.append((key, window))
                     if len(skipped) >= self.max_tries:
-                        raise InputError(f"{len(skipped)} unusable samples in a row in unit {unit}: {skipped[-3:]}")
+                        raise InputError(f"{len(skipped)} unusable samples in a row for reader {unit} "
+                                         f"(rank {self.rank}): {skipped[-3:]}")
                 items.append((window, skipped, plan if j == 0 else None))
                 keys.append(key)
             batch = collate_planned(items)
