@@ -50,6 +50,37 @@ def test_decompression_bomb_guard_stays_on(odd, monkeypatch):
         decode_rgb(odd["good"])
 
 
+@pytest.mark.parametrize("variant", ["420", "422", "444", "progressive", "grey", "cmyk", "exif3", "exif6", "exif8"])
+def test_jpeg_decode_equals_pillows_pixels(tmp_path, variant):
+    """JPEGs are decoded by torchvision (faster); the pixels must be Pillow's, bit for bit."""
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)).resize((140, 90), Image.BICUBIC)
+    kw = {"quality": 88}
+    if variant in ("422", "444"):
+        kw["subsampling"] = {"422": 1, "444": 0}[variant]
+    if variant == "progressive":
+        kw["progressive"] = True
+    if variant == "grey":
+        img = img.convert("L")
+    if variant == "cmyk":
+        img = img.convert("CMYK")
+    if variant.startswith("exif"):
+        exif = img.getexif()
+        exif[0x0112] = int(variant[4:])
+        kw["exif"] = exif
+    path = str(tmp_path / f"{variant}.jpg")
+    img.save(path, **kw)
+    fast, ref = decode_rgb(path), decode_rgb(path, jpeg="pillow")
+    assert fast.shape == ref.shape and fast.dtype == np.uint8 and np.array_equal(fast, ref)
+    if variant in ("exif6", "exif8"):
+        assert fast.shape[:2] == (140, 90)  # turned upright
+    with open(path, "rb") as f:
+        data = f.read()
+    assert np.array_equal(decode_rgb(data), ref)  # bytes, as read from a shard
+    with pytest.raises(ImageError, match="truncated"):
+        decode_rgb(data[: len(data) // 2])
+
+
 def test_float_and_int_modes():
     f = Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), mode="F")
     a = to_rgb_uint8(f)
