@@ -258,3 +258,18 @@ def test_torchrun_folder_is_listed_once_by_rank_0(tmp_path):
     assert r.stdout.count("image index: 12 paths listed from") == 1
     saved = I.load_index(os.path.join(out, "folder", "index.npz"))
     assert list(saved.index) == list_images(src)
+
+
+def test_shards_command_and_its_refusals(tmp_path, capsys):
+    write_images(str(tmp_path / "src"), 5)
+    m = S.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--size", "2"])
+    out = capsys.readouterr().out
+    assert m["images"] == 5 and [s["samples"] for s in m["shards"]] == [2, 2, 1]
+    assert f"data.train={tmp_path / 'out'}/train-{{000000..000002}}.tar" in out
+    for argv, msg in [(["--size", "0"], "--size must be >= 1"), ([], "already holds shards")]:
+        with pytest.raises(SystemExit) as e:
+            S.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        S.main(["--src", str(tmp_path / "nothing"), "--out", str(tmp_path / "out2")])
+    assert "neither a folder nor a file list" in capsys.readouterr().err
