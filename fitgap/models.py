@@ -34,13 +34,16 @@ def _first_conv(model: nn.Module) -> Optional[nn.Conv2d]:
 
 def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = None,
                   stem_stride: Optional[int] = None, highpass: bool = False,
-                  stem_pool: bool = True) -> nn.Module:
+                  stem_pool: bool = True, pool_grid: int = 1) -> nn.Module:
     """timm backbone with num_classes=0 (pooled features); `.num_features` is set on the result.
 
     pretrained=True is refused (nothing is downloaded at run time): give a local `weights` file.
     stem_stride overrides the stride of the first convolution; stem_pool=False removes the stem's
     max-pool (ResNet family): a 3x3 max over a period-3 pattern is flat, so the pool erases the
-    periodic rescaling pattern that the first layers could otherwise see."""
+    periodic rescaling pattern that the first layers could otherwise see. pool_grid=k > 1 averages
+    the final feature map into a k x k grid and flattens it (features x k^2) instead of one global
+    average: cells 2^n px apart hold different phases of a period-3 pattern, and a global average
+    mixes them."""
     if pretrained:
         raise InputError("model.pretrained: weights are never downloaded; set model.weights to a "
                          "local state_dict file instead")
@@ -67,31 +70,40 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
         if not isinstance(getattr(backbone, "maxpool", None), nn.MaxPool2d):
             raise InputError(f"model.stem_pool: {name} has no stem max-pool to remove")
         backbone.maxpool = nn.Identity()
-    return Encoder(backbone, highpass)
+    if not (isinstance(pool_grid, int) and pool_grid >= 1):
+        raise InputError(f"model.pool_grid: a positive integer, got {pool_grid!r}")
+    if pool_grid > 1 and not hasattr(backbone, "forward_features"):
+        raise InputError(f"model.pool_grid: {name} has no forward_features (a feature map) to pool on a grid")
+    return Encoder(backbone, highpass, pool_grid)
 
 
 class Encoder(nn.Module):
     """Optional fixed input filter + timm backbone -> pooled features [N, num_features]."""
 
-    def __init__(self, backbone: nn.Module, highpass: bool = False):
+    def __init__(self, backbone: nn.Module, highpass: bool = False, pool_grid: int = 1):
         super().__init__()
         self.prefilter = HighPass() if highpass else nn.Identity()
         self.backbone = backbone
+        self.pool_grid = pool_grid
         # timm's num_features is not always what forward() returns (MobileNetV3's head): measure it.
         with torch.no_grad():
             was = backbone.training
             backbone.eval()
-            self.num_features = int(backbone(torch.zeros(1, 3, 64, 64)).shape[1])
+            self.num_features = int(self(torch.zeros(1, 3, 64, 64)).shape[1])
             backbone.train(was)
 
     def forward(self, x):
-        return self.backbone(self.prefilter(x))
+        if self.pool_grid == 1:
+            return self.backbone(self.prefilter(x))
+        f = self.backbone.forward_features(self.prefilter(x))
+        return F.adaptive_avg_pool2d(f, self.pool_grid).flatten(1)
 
 
 def encoder_from_config(model_cfg) -> nn.Module:
     return build_encoder(model_cfg["backbone"], model_cfg.get("pretrained", False),
                          model_cfg.get("weights"), model_cfg.get("stem_stride"),
-                         model_cfg.get("highpass", False), model_cfg.get("stem_pool", True))
+                         model_cfg.get("highpass", False), model_cfg.get("stem_pool", True),
+                         model_cfg.get("pool_grid", 1))
 
 
 class ContrastiveModel(nn.Module):

@@ -117,3 +117,28 @@ def test_probe_counts_and_reports_skipped_photos(tmp_path):
                       [40.0] * 3)
     assert r["photos"] == 3 and r["skipped"]["count"] == 1 and "broken.png: unreadable" in r["skipped"]["examples"][0]
     assert "skipped 1 photo(s): broken.png" in format_probe(r)
+
+
+def test_pool_grid_keeps_where_features_are():
+    """pool_grid=2: the final map is averaged into 2x2 cells and flattened, so an input whose only
+    difference is the quadrant it sits in gives different features (a global average cannot tell)."""
+    from fitgap.errors import InputError
+
+    torch.manual_seed(0)
+    glob, grid = build_encoder("test_resnet", stem_pool=False), build_encoder("test_resnet", stem_pool=False, pool_grid=2)
+    grid.load_state_dict(glob.state_dict())
+    assert grid.num_features == 4 * glob.num_features
+    glob.eval(), grid.eval()
+    x = torch.zeros(2, 3, 64, 64)
+    x[0, :, 8:24, 8:24] = 1.0  # the same blob, top-left ...
+    x[1, :, 40:56, 40:56] = 1.0  # ... and bottom-right
+    with torch.no_grad():
+        fg, fq = glob(x), grid(x)
+        m = glob.backbone.forward_features(x)
+    assert fq.shape == (2, grid.num_features)
+    assert torch.allclose(fg[0], fg[1], atol=1e-5)  # global average: the same
+    assert not torch.allclose(fq[0], fq[1], atol=1e-3)  # the grid: not
+    # the flattened cells are the quadrant means of the map, and their mean is the global average
+    assert torch.allclose(fq.view(2, -1, 4).mean(2), m.mean((2, 3)), atol=1e-5)
+    with pytest.raises(InputError, match="pool_grid"):
+        build_encoder("test_resnet", pool_grid=0)
