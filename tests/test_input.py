@@ -273,3 +273,20 @@ def test_shards_command_and_its_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit):
         S.main(["--src", str(tmp_path / "nothing"), "--out", str(tmp_path / "out2")])
     assert "neither a folder nor a file list" in capsys.readouterr().err
+
+
+def test_bad_data_sources_are_refused_before_work(tmp_path):
+    from fitgap.pretrain import check_data_source
+
+    write_images(str(tmp_path / "src"), 2)
+    (tmp_path / "list.txt").write_text("img_000.png\n")
+    d = {"train": str(tmp_path / "src"), "index": str(tmp_path / "list.txt")}
+    check_data_source(d)  # an index, relative to the folder
+    for bad, msg in [({"index": str(tmp_path / "nope.txt")}, "data.index"),
+                     ({"train": str(tmp_path / "src" / "img_000.png")}, "is not one"),
+                     ({"index": None, "train": ""}, "set a folder of real images"),
+                     ({"index": None, "train": str(tmp_path / "s-{000..003}.tar")}, "4 of 4 shards do not exist"),
+                     ({"index": None, "train": str(tmp_path / "shards.json")}, "does not exist"),
+                     ({"index": None, "train": str(tmp_path / "none")}, "does not exist")]:
+        with pytest.raises(ConfigError, match=msg):
+            check_data_source(dict(d, **bad))
