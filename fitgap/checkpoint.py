@@ -1,6 +1,7 @@
 """Atomic writes and checkpoints that load with torch.load(weights_only=True)."""
 from __future__ import annotations
 
+import copy
 import os
 import random
 import tempfile
@@ -109,7 +110,20 @@ def _changed(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List
     return keys
 
 
-def check_resumable_everywhere(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
+def with_defaults(old: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
+    """`old` with every key it lacks taken from `defaults` (recursively): a checkpoint written before a
+    config key existed behaved as that key's default."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = copy.deepcopy(v)
+        elif isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = with_defaults(out[k], v)
+    return out
+
+
+def check_resumable_everywhere(path: str, cfg: Dict[str, Any], same: Sequence[str],
+                               defaults: Optional[Dict[str, Any]] = None) -> None:
     """check_resumable decided by rank 0 alone (its view of the run folder) and raised on every rank,
     so that ranks never disagree about whether a run may start."""
     from . import distributed as D
@@ -117,7 +131,7 @@ def check_resumable_everywhere(path: str, cfg: Dict[str, Any], same: Sequence[st
     error = None
     if D.get_rank() == 0:
         try:
-            check_resumable(path, cfg, same)
+            check_resumable(path, cfg, same, defaults)
         except FitgapError as exc:
             error = exc
     error = D.broadcast_object(error)
@@ -125,12 +139,16 @@ def check_resumable_everywhere(path: str, cfg: Dict[str, Any], same: Sequence[st
         raise error
 
 
-def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str]) -> None:
+def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str],
+                    defaults: Optional[Dict[str, Any]] = None) -> None:
     """Before a run writes anything: if `path` exists, the config sections named in `same` must equal
-    those it was written with (a run whose model or task changed cannot continue from it)."""
+    those it was written with (a run whose model or task changed cannot continue from it). Keys the
+    checkpoint's config lacks (added to the project later) count as their `defaults` value."""
     if not os.path.exists(path):
         return
     old = load(path).get("config", {})
+    if defaults:
+        old, cfg = with_defaults(old, defaults), with_defaults(cfg, defaults)
     changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
     if changed:
         from .config import ConfigError

@@ -128,7 +128,7 @@ def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["init"]:
         pre = ckpt.load(cfg["init"]).get("config", {})
         if "model" in pre:
-            cfg["model"] = copy.deepcopy(pre["model"])
+            cfg["model"] = ckpt.with_defaults(pre["model"], DEFAULTS["model"])  # keys newer than the checkpoint: defaults
             cfg["model"]["weights"] = None
         if "normalize" in pre:
             cfg["normalize"] = copy.deepcopy(pre["normalize"])
@@ -177,7 +177,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     train_items, val_subsets = build_data(cfg)
     run_dir = start_run(cfg, info.is_main, "last.pt", RESUME_SAME,
                         f"{len(train_items)} training images ({cfg['mode']}, init {cfg['init'] or 'scratch'}); "
-                        f"validation: {', '.join(f'{s.name} ({len(s.items)})' for s in val_subsets)}")
+                        f"validation: {', '.join(f'{s.name} ({len(s.items)})' for s in val_subsets)}", DEFAULTS)
     t, o = cfg["train"], cfg["optim"]
     seed_everything(cfg["seed"], t["threads"], t["deterministic"])
     model = D.place_model(build_model(cfg), info, t["sync_bn"], t["channels_last"])

@@ -273,7 +273,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     run_dir = start_run(cfg, info.is_main, "checkpoint.pt", RESUME_SAME,
                         f"ratios: {', '.join(format_ratio(r) for r in spec.ratios)}; {spec.images} images x "
                         f"{spec.patches_per_image} patches per rank; {spec.num_classes} classes; largest "
-                        f"window {max_window(spec)} px; world size {info.world_size} on {info.device}")
+                        f"window {max_window(spec)} px; world size {info.world_size} on {info.device}", DEFAULTS)
     t = cfg["train"]
     seed_everything(cfg["seed"], t["threads"], t["deterministic"])
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .checkpoint import atomic_write_text, check_resumable_everywhere
 
 
-def start_run(cfg: Dict[str, Any], is_main: bool, checkpoint: str, same: Sequence[str], summary: str) -> str:
+def start_run(cfg: Dict[str, Any], is_main: bool, checkpoint: str, same: Sequence[str], summary: str,
+              defaults: Optional[Dict[str, Any]] = None) -> str:
     """The run folder runs/<name>: refuse a checkpoint there that another model or task wrote (before
     anything is written; rank 0 decides, every rank raises), then on the main rank print the resolved
     config and `summary` and save config.yaml. Returns the folder."""
     from . import config as C
 
     run_dir = os.path.join(cfg["out_dir"], cfg["name"])
-    check_resumable_everywhere(os.path.join(run_dir, checkpoint), cfg, same)
+    check_resumable_everywhere(os.path.join(run_dir, checkpoint), cfg, same, defaults)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
         print(C.dump(cfg), flush=True)

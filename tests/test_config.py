@@ -124,6 +124,15 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     saved = ckpt.restore_training(path, model, opt, scaler)
     assert saved["step"] == 3 and torch.equal(model.weight, weight)
     ckpt.check_resumable(str(tmp_path / "absent.pt"), changed, ("model",))  # nothing to resume
+    # a key added to the project after the checkpoint was written counts as its default
+    grown = {"model": {"backbone": "a", "dim": 2, "pool_grid": 1}}
+    defaults = {"model": {"backbone": "x", "dim": 0, "pool_grid": 1}}
+    with pytest.raises(ConfigError, match="model.pool_grid"):
+        ckpt.check_resumable(path, grown, ("model",))
+    ckpt.check_resumable(path, grown, ("model",), defaults)
+    ckpt.check_resumable(path, cfg, ("model",), defaults)  # both sides older than the key (a copied config)
+    with pytest.raises(ConfigError, match="model.pool_grid: differ"):
+        ckpt.check_resumable(path, {"model": {"backbone": "a", "dim": 2, "pool_grid": 2}}, ("model",), defaults)
 
 
 @pytest.mark.parametrize("override", ["seed=null", "train.batch=null", "plan.patch=null", "optim.lr=null",
