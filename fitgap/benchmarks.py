@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .index import IMAGE_EXTENSIONS
+from .index import walk_images as _images
 from .errors import InputError, MissingInput
 
 SELFSYNTH = ["AttGAN", "BEGAN", "CramerGAN", "InfoMaxGAN", "MMDGAN", "RelGAN", "S3GAN", "SNGAN", "STGAN"]
@@ -47,14 +47,6 @@ class Subset:
     def counts(self) -> Dict[str, int]:
         fake = sum(label for _, label in self.items)
         return {"real": len(self.items) - fake, "fake": fake}
-
-
-def _images(folder: str) -> List[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return out
 
 
 def _pair(folder: str, real: str = "0_real", fake: str = "1_fake") -> List[Tuple[str, int]]:

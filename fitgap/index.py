@@ -100,7 +100,7 @@ def _walk(folder: str) -> Tuple[List[str], List[str]]:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            raise MissingInput(f"data.train: cannot list {d!r}: {exc}") from None
+            raise MissingInput(f"cannot list {d!r}: {exc}") from None
         dirs.append(d)
         sub = []
         for e in entries:
@@ -110,6 +110,11 @@ def _walk(folder: str) -> Tuple[List[str], List[str]]:
                 files.append(e.path)
         stack.extend(reversed(sub))  # depth first: a folder's files, then its sub-folders (os.walk's order)
     return files, dirs
+
+
+def walk_images(folder: str) -> List[str]:
+    """The image files under `folder` in the index's order ([] when it is not a folder)."""
+    return _walk(folder)[0] if os.path.isdir(folder) else []
 
 
 def _dirs_fingerprint(dirs: PathIndex) -> str:

@@ -92,18 +92,21 @@ def read_manifest(path: str) -> List[Shard]:
         raise InputError(f"{path}: not a shard manifest ({type(exc).__name__}: {exc})") from None
 
 
+def _image_members(tar: tarfile.TarFile) -> Iterator[Tuple[str, tarfile.TarInfo]]:
+    """(sample key, member) of every image member, in stored order: what a sample position counts."""
+    for m in tar:
+        base, _, ext = os.path.basename(m.name).partition(".")
+        if m.isfile() and ext.lower() in IMAGE_KEYS:
+            yield os.path.join(os.path.dirname(m.name), base), m
+
+
 def count_samples(url: str) -> int:
-    """Samples in a tar shard (distinct keys of image members), from the headers alone."""
-    keys = set()
+    """Samples (image members) in a tar shard, from the headers alone."""
     try:
         with tarfile.open(url) as tar:
-            for m in tar:
-                base, _, ext = os.path.basename(m.name).partition(".")
-                if m.isfile() and ext.lower() in IMAGE_KEYS:
-                    keys.add(os.path.join(os.path.dirname(m.name), base))
+            return sum(1 for _ in _image_members(tar))
     except (OSError, tarfile.TarError) as exc:
         raise InputError(f"{url}: not a readable tar shard ({exc})") from None
-    return len(keys)
 
 
 def shard_list(source: str) -> List[Shard]:
@@ -124,17 +127,9 @@ def iter_samples(url: str, skip: int = 0) -> Iterator[Tuple[str, bytes]]:
     reading their bytes."""
     try:
         with tarfile.open(url) as tar:  # random access: skipped members are seeked over, not read
-            seen = 0
-            for m in tar:
-                base, _, ext = os.path.basename(m.name).partition(".")
-                if not (m.isfile() and ext.lower() in IMAGE_KEYS):
-                    continue
-                if seen < skip:
-                    seen += 1
-                    continue
-                seen += 1
-                data = tar.extractfile(m).read()
-                yield os.path.join(os.path.dirname(m.name), base), data
+            for i, (key, m) in enumerate(_image_members(tar)):
+                if i >= skip:
+                    yield key, tar.extractfile(m).read()
     except (OSError, tarfile.TarError) as exc:
         raise InputError(f"{url}: shard unreadable ({type(exc).__name__}: {exc})") from None
 
