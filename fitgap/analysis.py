@@ -3,10 +3,17 @@
     python -m fitgap.analysis similarity --ckpt CKPT --images DIR [--n 1000] [--out DIR]
     python -m fitgap.analysis tsne --ckpt CKPT --bench NAME --root DIR [--rescale 224,192,160]
 
-similarity: per image, a random crop; `count` patches along its diagonal with stride 1; the cosine
+similarity: per image, a crop; `count` patches along its diagonal with stride 1; the cosine
 similarity matrix of their features, averaged over images. An encoder that sees rescaling phase
 shows bands parallel to the diagonal at offsets that are multiples of the period; the band number
-is the mean similarity at those offsets minus the mean at the other offsets (per period).
+is the mean similarity at those offsets minus the mean at the other offsets (per period). A period
+exists only in a rescaled image, so the crops are taken from the photos rescaled (with the op) by
+every ratio of the checkpoint, each scored at its own q; the photos as they are and the encoder
+before pre-training (same architecture and seed) are scored beside them. The photos as they are
+carry no trace of the ratios, yet a band can show there: the photos' own history (demosaicing, JPEG
+grids), and, for an encoder of per-position-class statistics, the overlap itself (patches whose
+offset is a multiple of q put the same pixels in the same classes). So the number to read is the
+excess of a ratio's band over that control at the same q.
 
 tsne: features of real and fake images per subset (centre crop at native resolution), and of
 copies rescaled before extraction, embedded in 2-D with scikit-learn's t-SNE.
@@ -29,30 +36,79 @@ from .errors import InputError
 
 
 @torch.no_grad()
-def diagonal_similarity(encoder, images: Sequence[np.ndarray], crop: int = 256, patch: int = 128,
-                        count: int = 128, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                        device="cpu", seed: int = 0, batch: int = 64) -> np.ndarray:
-    """Mean [count, count] cosine-similarity matrix of diagonal patches (stride 1)."""
-    if patch + count - 1 > crop:
-        raise InputError(f"patch {patch} + count {count} - 1 exceeds the crop {crop}")
-    rng = np.random.default_rng(seed)
+def similarity_of_crops(encoder, crops: Sequence[torch.Tensor], patch: int, count: int, device="cpu",
+                        batch: int = 64, desc: str = "similarity") -> np.ndarray:
+    """Mean [count, count] cosine-similarity matrix of the diagonal patches (stride 1) of normalised
+    [3, C, C] crops."""
+    if not crops:
+        raise InputError("similarity: no crop to score (images too small for --crop?)")
+    if patch + count - 1 > crops[0].shape[-1]:
+        raise InputError(f"patch {patch} + count {count} - 1 exceeds the crop {crops[0].shape[-1]}")
+    was = encoder.training
+    encoder.eval()
     total = torch.zeros(count, count, dtype=torch.float64)
-    used = 0
-    for a in tqdm(images, desc="similarity", leave=False, dynamic_ncols=True):
-        h, w = a.shape[:2]
-        if h < crop or w < crop:
-            continue
-        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        t = to_tensor(a[y:y + crop, x:x + crop], mean, std)
+    for t in tqdm(crops, desc=desc, leave=False, dynamic_ncols=True):
         patches = torch.stack([t[:, i:i + patch, i:i + patch] for i in range(count)])
         feats = torch.cat([encoder(patches[i:i + batch].to(device)).float().cpu()
                            for i in range(0, count, batch)])
         f = F.normalize(feats.flatten(1).double(), dim=1)
         total += f @ f.T
-        used += 1
-    if not used:
+    encoder.train(was)
+    return (total / len(crops)).numpy()
+
+
+def random_crops(images: Sequence[np.ndarray], crop: int, mean, std, seed: int = 0) -> List[torch.Tensor]:
+    """One random crop x crop region per image (images smaller than that are left out)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for a in images:
+        h, w = a.shape[:2]
+        if h < crop or w < crop:
+            continue
+        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        out.append(to_tensor(a[y:y + crop, x:x + crop], mean, std))
+    return out
+
+
+def rescaled_crops(images: Sequence[np.ndarray], ratio, crop: int, mean, std, quantize: bool = True,
+                   seed: int = 0) -> List[torch.Tensor]:
+    """Per image, the centred square window that rescaled by `ratio` (src/dst = p/q, the op's
+    bilinear rescaling, rounded to 8 bits when `quantize`, as in pre-training) covers a crop x crop
+    region without clamped taps, and that region at a random corner of the clean range: a periodic
+    trace of period q over the whole crop. mean/std on the 0..1 scale; images too small are left out."""
+    import rescale_ext
+
+    from .probe import clean_range
+
+    rng = np.random.default_rng(seed)
+    p, q = ratio.numerator, ratio.denominator
+    m255, s255 = [255.0 * v for v in mean], [255.0 * v for v in std]
+    out = []
+    for a in images:
+        side = min(a.shape[0], a.shape[1], -(-(crop + 4) * p // q) + 4)
+        lo, hi = clean_range(side, p, q)
+        if hi - lo < crop:
+            continue
+        y0, x0 = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2
+        pixels, offsets, sizes = rescale_ext.pack_windows([np.ascontiguousarray(a[y0:y0 + side, x0:x0 + side])])
+        y, x = (int(v) for v in rng.integers(lo, hi - crop + 1, size=2))
+        out.append(rescale_ext.rescale_gather(pixels, offsets, sizes, torch.tensor([[p, q]]),
+                                              torch.tensor([[0, y, x]]), crop, mean=m255, std=s255,
+                                              quantize=quantize)[0])
+    return out
+
+
+def diagonal_similarity(encoder, images: Sequence[np.ndarray], crop: int = 256, patch: int = 128,
+                        count: int = 128, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                        device="cpu", seed: int = 0, batch: int = 64) -> np.ndarray:
+    """Mean [count, count] cosine-similarity matrix of diagonal patches (stride 1) of one random crop
+    per image."""
+    if patch + count - 1 > crop:
+        raise InputError(f"patch {patch} + count {count} - 1 exceeds the crop {crop}")
+    crops = random_crops(images, crop, mean, std, seed)
+    if not crops:
         raise InputError(f"no image is at least {crop}x{crop}")
-    return (total / used).numpy()
+    return similarity_of_crops(encoder, crops, patch, count, device, batch)
 
 
 def band_scores(sim: np.ndarray, periods: Sequence[int]) -> Dict[int, float]:
@@ -69,18 +125,25 @@ def band_scores(sim: np.ndarray, periods: Sequence[int]) -> Dict[int, float]:
     return out
 
 
-def plot_similarity(sim: np.ndarray, path: str, title: str = "") -> None:
+def plot_similarity(sim, path: str, title: str = "") -> None:
+    """One similarity map, or a dict of named maps (a panel each)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.6, 4))
-    im = ax.imshow(sim, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xlabel("patch offset along the diagonal")
-    ax.set_ylabel("patch offset along the diagonal")
-    ax.set_title(title or "cosine similarity of diagonal patches", fontsize=9)
+    maps = sim if isinstance(sim, dict) else {"": sim}
+    cols = min(4, len(maps))
+    rows = -(-len(maps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(maps):]:
+        ax.axis("off")
+    for ax, (name, m) in zip(axes.flat, maps.items()):
+        im = ax.imshow(m, cmap="viridis")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_xlabel("patch offset along the diagonal", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title or "cosine similarity of diagonal patches", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -153,13 +216,22 @@ def plot_tsne(points: np.ndarray, groups: List[str], path: str, title: str = "")
 
 
 def run_similarity(args) -> Dict[int, float]:
+    """Band numbers per input (the photos as they are, and rescaled by every ratio) for the encoder
+    and for the same architecture before pre-training; returns {q: mean band number over the rescaled
+    inputs with that q} (over the photos as they are when the checkpoint names no ratios)."""
+    import json
+
     from .detector import load_encoder
-    from .ratios import ratios_from_config
+    from .models import encoder_from_config
+    from .ratios import format_ratio, ratios_from_config
 
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
                           else "cpu")
     encoder, cfg = load_encoder(args.ckpt, device)
     norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    mean, std = norm["mean"], norm["std"]
+    if args.patch + args.count - 1 > args.crop:
+        raise InputError(f"--patch {args.patch} + --count {args.count} - 1 exceeds --crop {args.crop}")
     paths = list_images(args.images)
     rng = np.random.default_rng(args.seed)
     paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:args.n])]
@@ -169,20 +241,57 @@ def run_similarity(args) -> Dict[int, float]:
             images.append(decode_rgb(p))
         except ImageError as exc:
             print(f"skipped {p}: {exc}", file=sys.stderr)
-    sim = diagonal_similarity(encoder, images, args.crop, args.patch, args.count, norm["mean"], norm["std"],
-                              device, args.seed)
-    periods = args.periods or sorted({r.denominator for r in ratios_from_config(cfg["ratios"])}
-                                     if "ratios" in cfg else range(2, 9))
-    scores = band_scores(sim, periods)
+    ratios = ratios_from_config(cfg["ratios"]) if "ratios" in cfg else []
+    periods = args.periods or (sorted({r.denominator for r in ratios}) if ratios else list(range(2, 9)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.get("seed", 0))
+        fresh = encoder_from_config(cfg["model"]).to(device)
+    inputs = [("as they are", random_crops(images, args.crop, mean, std, args.seed), periods)]
+    quantize = cfg.get("plan", {}).get("quantize", True)
+    for r in ratios:
+        inputs.append((f"rescaled {format_ratio(r)}",
+                       rescaled_crops(images, r, args.crop, mean, std, quantize, args.seed), [r.denominator]))
+    maps, rows = {}, []
+    for name, crops, qs in inputs:
+        if not crops:
+            print(f"{name}: no image is large enough for a {args.crop}-px crop; left out", file=sys.stderr)
+            continue
+        sim = similarity_of_crops(encoder, crops, args.patch, args.count, device, desc=name)
+        before = band_scores(similarity_of_crops(fresh, crops, args.patch, args.count, device, desc=name), qs)
+        maps[name] = sim
+        rows += [{"input": name, "q": q, "band": v, "before": before[q], "crops": len(crops)}
+                 for q, v in band_scores(sim, qs).items()]
+    if not rows:
+        raise InputError(f"no image is at least {args.crop}x{args.crop} (rescaled or not)")
+    rescaled = [r for r in rows if r["input"] != "as they are"] or rows
+    control = {r["q"]: r for r in rows if r["input"] == "as they are"}
+    per_q = {}
+    for q in sorted({r["q"] for r in rescaled}):
+        band = float(np.mean([r["band"] for r in rescaled if r["q"] == q]))
+        before = float(np.mean([r["before"] for r in rescaled if r["q"] == q]))
+        c = control.get(q)
+        per_q[q] = {"band": band, "before": before, "as_they_are": c["band"] if c else None,
+                    "excess": band - c["band"] if c else None,
+                    "excess_before": before - c["before"] if c else None}
     os.makedirs(args.out, exist_ok=True)
-    np.save(os.path.join(args.out, "similarity.npy"), sim)
-    plot_similarity(sim, os.path.join(args.out, "similarity.png"),
+    np.savez(os.path.join(args.out, "similarity.npz"), **{k.replace(" ", "_").replace("/", "_"): v
+                                                           for k, v in maps.items()})
+    with open(os.path.join(args.out, "similarity.json"), "w") as f:
+        json.dump({"ckpt": args.ckpt, "patch": args.patch, "count": args.count, "crop": args.crop,
+                   "rows": rows, "per_q": per_q}, f, indent=1)
+    plot_similarity(maps, os.path.join(args.out, "similarity.png"),
                     f"{os.path.basename(args.ckpt)}: {len(images)} images, {args.patch} px patches")
-    print("band number (mean similarity at offsets that are multiples of q minus the others):")
-    for q, v in scores.items():
-        print(f"  q = {q}: {v:+.4f}")
-    print(f"written: {args.out}/similarity.npy, similarity.png")
-    return scores
+    print("band number (mean similarity at diagonal offsets that are multiples of q minus the others):")
+    print(f"  {'input':<16} {'q':>2} {'crops':>5} {'band':>8} {'before pre-training':>20}")
+    for r in rows:
+        print(f"  {r['input']:<16} {r['q']:>2} {r['crops']:>5} {r['band']:>+8.4f} {r['before']:>+20.4f}")
+    label = "rescaled inputs" if rescaled is not rows else "photos as they are"
+    print(f"per q, mean over the {label} (excess over the photos as they are; the same before pre-training):")
+    for q, v in per_q.items():
+        print(f"  q = {q}: {v['band']:+.4f} (before {v['before']:+.4f})"
+              + (f"; excess {v['excess']:+.4f} (before {v['excess_before']:+.4f})" if v["excess"] is not None else ""))
+    print(f"written: {args.out}/similarity.npz, similarity.json, similarity.png")
+    return {q: v["band"] for q, v in per_q.items()}
 
 
 def run_tsne(args) -> str:
@@ -229,7 +338,8 @@ def get_args_parser():
     s.add_argument("--crop", type=int, default=256)
     s.add_argument("--patch", type=int, default=128)
     s.add_argument("--count", type=int, default=128, help="patches along the diagonal (stride 1)")
-    s.add_argument("--periods", type=int, nargs="*", default=None, help="default: the ratios' denominators")
+    s.add_argument("--periods", type=int, nargs="*", default=None,
+                   help="periods scored on the photos as they are (default: the ratios' denominators)")
     s.add_argument("--out", default="runs/analysis")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -5,6 +5,7 @@ import os
 from typing import Optional
 
 import timm
+from timm.models import register_model
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +24,56 @@ class HighPass(nn.Module):
 
     def forward(self, x):
         return F.conv2d(x, self.weight.to(x.dtype), padding=1, groups=3)
+
+
+class PhaseStats(nn.Module):
+    """A small encoder built for the rescaling trace: local features of every pixel at full resolution
+    (3x3 conv, 1x1 conv, batch norm, ReLU), averaged separately for every position class (y mod s,
+    x mod s) of the patch (a pixel unshuffle by s, then the mean over cells), logged, and mapped to
+    `num_features` by one linear layer. For every period q dividing s, the phase of a periodic trace
+    is which position classes carry more of a local statistic; content enters only through the
+    averages, so two patches one period apart (same phase) give nearly the same input to the head.
+    Registered with timm as "fitgap_phase_stats12" / "fitgap_phase_stats24" (s = 12: periods 2, 3, 4,
+    6; s = 24 adds 8)."""
+
+    def __init__(self, block: int = 12, width: int = 16, num_features: int = 512, in_chans: int = 3,
+                 num_classes: int = 0, **_):
+        super().__init__()
+        if num_classes:
+            raise InputError("fitgap_phase_stats: an encoder only (num_classes=0)")
+        self.block, self.num_features = block, num_features
+        self.pixel = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU(inplace=True), nn.Conv2d(width, width, 1, bias=False),
+                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Linear(width * block * block, num_features), nn.BatchNorm1d(num_features),
+                                  nn.ReLU(inplace=True))
+
+    def phase_means(self, x):
+        """[N, width * s * s]: the mean of every pixel feature over each position class."""
+        f, s = self.pixel(x), self.block
+        h, w = f.shape[-2:]
+        if h < s or w < s:
+            raise InputError(f"fitgap_phase_stats: inputs of {h}x{w} px are smaller than its block {s}")
+        return F.pixel_unshuffle(f[..., : h - h % s, : w - w % s], s).mean((2, 3))
+
+    def forward(self, x):
+        return self.head(torch.log(self.phase_means(x) + 1e-3))
+
+
+def _phase_stats(block):
+    def create(pretrained=False, **kwargs):
+        if pretrained:
+            raise InputError("fitgap_phase_stats: no pretrained weights exist")
+        for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(k, None)
+        return PhaseStats(block=block, **kwargs)
+    create.__name__ = f"fitgap_phase_stats{block}"
+    create.__module__ = __name__
+    return register_model(create)
+
+
+fitgap_phase_stats12 = _phase_stats(12)
+fitgap_phase_stats24 = _phase_stats(24)
 
 
 def _first_conv(model: nn.Module) -> Optional[nn.Conv2d]:

@@ -128,8 +128,8 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
 
     With probe.baseline (default), the same probe of the encoder as pre-training started from (same
     architecture, initialised with the run's seed, or model.weights when given) is reported beside
-    it as "initial": the fixed input filter and a random network already see some of the trace, and
-    that is the bar pre-training has to clear."""
+    it as "initial" (ratio and phase accuracy): the fixed input filter and a random network already
+    see some of the trace, and that is the bar pre-training has to clear."""
     from .models import encoder_from_config
     from .pretrain import op_normalization
 
@@ -143,7 +143,7 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
             torch.manual_seed(cfg.get("seed", 0))
             fresh = encoder_from_config(cfg["model"]).to(device)
         base = probe_encoder(fresh, *args)
-        report["initial"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"]}
+        report["initial"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"], "phase": base["phase"]}
     return report
 
 
@@ -156,6 +156,8 @@ def format_probe(r: Dict[str, Any]) -> str:
             f"phase accuracy per ratio: {phases}"
             + (f"; the encoder before pre-training: ratio accuracy {r['initial']['ratio_acc']:.3f} "
                f"({r['initial']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "initial" in r else "")
+            + (", phase " + ", ".join(f"{k} {v['acc']:.2f}" for k, v in r["initial"]["phase"].items())
+               if "phase" in r.get("initial", {}) else "")
             + (f"; skipped {r['skipped']['count']} photo(s): {', '.join(r['skipped']['examples'])}"
                if r.get("skipped", {}).get("count") else ""))
 

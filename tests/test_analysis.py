@@ -1,4 +1,5 @@
 """Analysis tools: the diagonal similarity band number and t-SNE outputs."""
+import json
 import os
 
 import numpy as np
@@ -9,7 +10,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import rescale_ext
-from fitgap.analysis import band_scores, diagonal_similarity, image_features, main, tsne_points
+from fractions import Fraction
+
+from fitgap.analysis import (band_scores, diagonal_similarity, image_features, main, random_crops, rescaled_crops,
+                             similarity_of_crops, tsne_points)
 
 from imaging import smooth_noise
 
@@ -67,6 +71,26 @@ def test_band_number_separates_phase_sensitive_from_blind():
     assert again == sens  # deterministic with a seed
 
 
+def test_rescaled_crops_carry_the_period_and_the_photos_as_they_are_do_not():
+    """The analysis rescales the photos by a ratio itself (a period exists only then): on those crops a
+    phase-sensitive encoder shows a band at q well above the one on the same photos as they are. That
+    one is not 0: overlapping patches whose offset is a multiple of q put the same pixels in the same
+    position classes, so an encoder of per-class statistics has bands on any image (hence the control)."""
+    srcs = [np.random.default_rng(i).integers(0, 256, (200, 200, 3), dtype=np.uint8) for i in range(3)]
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    crops = rescaled_crops(srcs, Fraction(P, Q), 96, mean, std)
+    assert len(crops) == 3 and crops[0].shape == (3, 96, 96)
+    as_is = random_crops(srcs, 96, mean, std)
+    on = band_scores(similarity_of_crops(PhaseEncoder(), crops, 48, 32), [Q])[Q]
+    off = band_scores(similarity_of_crops(PhaseEncoder(), as_is, 48, 32), [Q])[Q]
+    blind = band_scores(similarity_of_crops(BlindEncoder(), crops, 48, 32), [Q])[Q]
+    assert on > off + 0.3 and off > 0.1 and abs(blind) < 0.1, (on, off, blind)
+    # a crop is 8-bit like the pre-training patches: normalised values land on the 1/255 grid
+    v = crops[0] * 0.25 + 0.5
+    assert torch.allclose(v * 255, (v * 255).round(), atol=1e-3)
+    assert rescaled_crops([srcs[0][:100, :100]], Fraction(7, 4), 96, mean, std) == []  # too small: left out
+
+
 def test_band_scores_on_a_made_up_matrix():
     n = 12
     d = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
@@ -113,14 +137,21 @@ def test_cli_outputs(tmp_path):
     for label in ("0_real", "1_fake"):
         os.makedirs(img_dir / "g" / label)
         for i in range(4):
-            Image.fromarray(smooth_noise(72, 72, i + (10 if label == "1_fake" else 0))).save(
+            Image.fromarray(smooth_noise(120, 120, i + (10 if label == "1_fake" else 0))).save(
                 img_dir / "g" / label / f"{i}.png")
     out = str(tmp_path / "out")
     scores = main(["similarity", "--ckpt", path, "--images", str(img_dir), "--crop", "64", "--patch", "32",
                    "--count", "16", "--out", out, "--device", "cpu"])
-    assert set(scores) == {2, 4}
-    sim = np.load(os.path.join(out, "similarity.npy"))
-    assert sim.shape == (16, 16) and np.allclose(np.diag(sim), 1.0)
+    assert set(scores) == {2, 4}  # the ratios' q, from the rescaled photos
+    maps = np.load(os.path.join(out, "similarity.npz"))
+    assert set(maps.files) == {"as_they_are", "rescaled_3_2", "rescaled_5_4"}
+    assert all(maps[k].shape == (16, 16) and np.allclose(np.diag(maps[k]), 1.0) for k in maps.files)
+    with open(os.path.join(out, "similarity.json")) as f:
+        rows = json.load(f)["rows"]
+    # every input is scored beside the encoder before pre-training; the photos as they are at every q
+    assert [(r["input"], r["q"]) for r in rows] == [("as they are", 2), ("as they are", 4),
+                                                    ("rescaled 5/4", 4), ("rescaled 3/2", 2)]
+    assert all(np.isfinite(r["before"]) and r["crops"] == 8 for r in rows)
     assert os.path.getsize(os.path.join(out, "similarity.png")) > 1000
     main(["tsne", "--ckpt", path, "--bench", "folder", "--root", str(img_dir), "--patch", "48", "--n", "4",
           "--rescale", "40", "--out", out, "--device", "cpu"])

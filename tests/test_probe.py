@@ -95,7 +95,10 @@ def test_probe_command_reads_a_pretraining_checkpoint(tmp_path, capsys):
     assert report["photos"] == 3 and report["n_test"] == 3 * 2 * 3
     assert 0.0 <= report["ratio_acc"] <= 1.0 and report["ratio_chance"] == 0.5
     assert 0.0 <= report["initial"]["ratio_acc"] <= 1.0  # the encoder as pre-training started
-    assert "probe (3 held-out photos, leave-one-photo-out, 18 patches)" in capsys.readouterr().out
+    assert set(report["initial"]["phase"]) == set(report["phase"])  # its phases too, beside the trained ones
+    out = capsys.readouterr().out
+    assert "probe (3 held-out photos, leave-one-photo-out, 18 patches)" in out
+    assert "the encoder before pre-training: ratio accuracy" in out and ", phase 3/4 " in out
     with pytest.raises(SystemExit):
         main(["--ckpt", path])  # no probe.images in the checkpoint and no --images
     assert "--images" in capsys.readouterr().err
@@ -142,3 +145,35 @@ def test_pool_grid_keeps_where_features_are():
     assert torch.allclose(fq.view(2, -1, 4).mean(2), m.mean((2, 3)), atol=1e-5)
     with pytest.raises(InputError, match="pool_grid"):
         build_encoder("test_resnet", pool_grid=0)
+
+
+def test_phase_stats_encoder_averages_every_position_class():
+    """fitgap_phase_stats12 (a timm-registered model): the head reads, per pixel feature, its mean over
+    each position class (y mod 12, x mod 12) of the patch, cut to a multiple of 12 from the origin."""
+    import timm
+
+    from fitgap.errors import InputError
+    from fitgap.models import PhaseStats
+
+    assert {"fitgap_phase_stats12", "fitgap_phase_stats24"} <= set(timm.list_models("fitgap_*"))
+    torch.manual_seed(0)
+    enc = build_encoder("fitgap_phase_stats12", highpass=True)
+    net = enc.backbone
+    assert isinstance(net, PhaseStats) and net.block == 12 and enc.num_features == 512
+    net.eval()
+    x = torch.rand(2, 3, 50, 40)  # cut to 48 x 36
+    with torch.no_grad():
+        f = net.pixel(x)[..., :48, :36]
+        want = torch.stack([f[:, :, i::12, j::12].mean((2, 3)) for i in range(12) for j in range(12)], 2)
+        got = net.phase_means(x)
+    assert got.shape == (2, 16 * 144)
+    assert torch.allclose(got, want.flatten(1), atol=1e-6)  # channel c * 144 + (y mod 12) * 12 + (x mod 12)
+    with torch.no_grad():
+        enc.eval()
+        assert enc(torch.rand(3, 3, 96, 96)).shape == (3, 512)
+    with pytest.raises(InputError, match="smaller than its block 12"):
+        net.phase_means(torch.rand(1, 3, 11, 40))
+    with pytest.raises(InputError, match="an encoder only"):
+        timm.create_model("fitgap_phase_stats12", num_classes=2)
+    with pytest.raises(InputError, match="model.pretrained"):
+        build_encoder("fitgap_phase_stats12", pretrained=True)
