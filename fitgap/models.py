@@ -113,6 +113,9 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
             raise InputError(f"model.weights: {weights} does not match {name}: missing "
                              f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
     if stem_stride is not None:
+        if isinstance(backbone, PhaseStats):
+            raise InputError(f"model.stem_stride: {name} works at full resolution (its position classes "
+                             f"are pixels); leave stem_stride null")
         conv = _first_conv(backbone)
         if conv is None:
             raise InputError(f"model.stem_stride: {name} has no Conv2d")

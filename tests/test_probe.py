@@ -177,3 +177,5 @@ def test_phase_stats_encoder_averages_every_position_class():
         timm.create_model("fitgap_phase_stats12", num_classes=2)
     with pytest.raises(InputError, match="model.pretrained"):
         build_encoder("fitgap_phase_stats12", pretrained=True)
+    with pytest.raises(InputError, match="model.stem_stride: fitgap_phase_stats12 works at full resolution"):
+        build_encoder("fitgap_phase_stats12", stem_stride=2)
