@@ -142,10 +142,17 @@ def main(argv=None) -> None:
               "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += [f"| total | {time.time() - t0:.0f} |", ""]
+    with open(os.path.join(RUN, "similarity.json")) as f:
+        bands = json.load(f)["per_q"]
     lines += ["## What the encoders see", "",
-              "Cosine similarity of 32-px patches along the diagonal of held-out photos (pre-trained "
-              "encoder; bands parallel to the diagonal mean phase sensitivity):", "",
-              "![similarity](similarity.png)", "",
+              "Cosine similarity of 32-px patches along the diagonal of held-out photos rescaled by each "
+              "ratio, and as they are (pre-trained encoder; bands parallel to the diagonal at multiples of "
+              "q mean phase sensitivity). Band number per q, mean over the ratios with that q; its excess "
+              "over the photos as they are (no trace) is the part that reads the rescaling:", "",
+              "| q | band | excess over the photos as they are | the same before pre-training |", "|---|---|---|---|"]
+    lines += [f"| {q} | {v['band']:+.3f} | {v['excess']:+.3f} | {v['excess_before']:+.3f} |"
+              for q, v in bands.items()]
+    lines += ["", "![similarity](similarity.png)", "",
               "t-SNE of the fine-tuned detector's features on the test families, with copies "
               "rescaled to 48 px before extraction:", "", "![t-SNE](tsne.png)", ""]
     report = "\n".join(lines)
