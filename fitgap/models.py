@@ -31,8 +31,9 @@ class PhaseStats(nn.Module):
     (3x3 conv, 1x1 conv, batch norm, ReLU), averaged separately for every position class (y mod s,
     x mod s) of the patch (a pixel unshuffle by s, then the mean over cells), logged, and mapped to
     `num_features` by one linear layer. For every period q dividing s, the phase of a periodic trace
-    is which position classes carry more of a local statistic; content enters only through the
-    averages, so two patches one period apart (same phase) give nearly the same input to the head.
+    is which position classes carry more of a local statistic. A shift of the patch by q permutes the
+    class means, but the period-q pattern the trace leaves in them stays the same, while the photo
+    content is averaged over every cell of a class before anything is learned from it.
     Registered with timm as "fitgap_phase_stats12" / "fitgap_phase_stats24" (s = 12: periods 2, 3, 4,
     6; s = 24 adds 8)."""
 
@@ -54,7 +55,9 @@ class PhaseStats(nn.Module):
         h, w = f.shape[-2:]
         if h < s or w < s:
             raise InputError(f"fitgap_phase_stats: inputs of {h}x{w} px are smaller than its block {s}")
-        return F.pixel_unshuffle(f[..., : h - h % s, : w - w % s], s).mean((2, 3))
+        # float32 means: the phase is a difference of a few per cent between class means, below
+        # what bfloat16 (8 bits of mantissa) keeps under autocast
+        return F.pixel_unshuffle(f[..., : h - h % s, : w - w % s].float(), s).mean((2, 3))
 
     def forward(self, x):
         return self.head(torch.log(self.phase_means(x) + 1e-3))

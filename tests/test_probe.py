@@ -179,3 +179,15 @@ def test_phase_stats_encoder_averages_every_position_class():
         build_encoder("fitgap_phase_stats12", pretrained=True)
     with pytest.raises(InputError, match="model.stem_stride: fitgap_phase_stats12 works at full resolution"):
         build_encoder("fitgap_phase_stats12", stem_stride=2)
+
+
+def test_phase_stats_keeps_float32_class_means_under_bfloat16_autocast():
+    """Under bf16 autocast the convolutions run in bf16, the class means stay float32 (the phase is a
+    few per cent between them)."""
+    torch.manual_seed(0)
+    net = build_encoder("fitgap_phase_stats12").backbone.eval()
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net.pixel(x).dtype == torch.bfloat16
+        assert net.phase_means(x).dtype == torch.float32
+        assert torch.isfinite(net(x).float()).all()
