@@ -222,7 +222,7 @@ def run_similarity(args) -> Dict[int, float]:
     import json
 
     from .detector import load_encoder
-    from .models import encoder_from_config
+    from .probe import initial_encoder
     from .ratios import format_ratio, ratios_from_config
 
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
@@ -243,9 +243,7 @@ def run_similarity(args) -> Dict[int, float]:
             print(f"skipped {p}: {exc}", file=sys.stderr)
     ratios = ratios_from_config(cfg["ratios"]) if "ratios" in cfg else []
     periods = args.periods or (sorted({r.denominator for r in ratios}) if ratios else list(range(2, 9)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.get("seed", 0))
-        fresh = encoder_from_config(cfg["model"]).to(device)
+    fresh = initial_encoder(cfg, device)
     inputs = [("as they are", random_crops(images, args.crop, mean, std, args.seed), periods)]
     quantize = cfg.get("plan", {}).get("quantize", True)
     for r in ratios:

@@ -123,6 +123,16 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
     return report
 
 
+def initial_encoder(cfg: Dict[str, Any], device) -> torch.nn.Module:
+    """The encoder a pre-training run started from: the same architecture initialised with the run's
+    seed (or model.weights when given), without touching the caller's random state."""
+    from .models import encoder_from_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.get("seed", 0))
+        return encoder_from_config(cfg["model"]).to(device)
+
+
 def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = None) -> Dict[str, Any]:
     """The probe of a pre-training config (probe.images, the run's ratios, patch and normalisation).
 
@@ -130,7 +140,6 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
     architecture, initialised with the run's seed, or model.weights when given) is reported beside
     it as "initial" (ratio and phase accuracy): the fixed input filter and a random network already
     see some of the trace, and that is the bar pre-training has to clear."""
-    from .models import encoder_from_config
     from .pretrain import op_normalization
 
     mean, std = op_normalization(cfg)
@@ -139,10 +148,7 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
             p["patches"], p["window"], cfg["plan"]["quantize"], mean, std, p.get("seed", 0))
     report = probe_encoder(encoder, *args)
     if p.get("baseline", True) if baseline is None else baseline:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.get("seed", 0))
-            fresh = encoder_from_config(cfg["model"]).to(device)
-        base = probe_encoder(fresh, *args)
+        base = probe_encoder(initial_encoder(cfg, device), *args)
         report["initial"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"], "phase": base["phase"]}
     return report
 
