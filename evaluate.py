@@ -7,7 +7,9 @@ FPR and calibration per subset and mean, with the metadata-only shortcut check b
     torchrun --nproc_per_node=8 evaluate.py --ckpt CKPT --bench forensynths --root /data/CNNDetection/test
 
 Writes results.json, results.csv, results.md, scores.csv (one row per image) and reliability.png
-(default: beside the checkpoint, eval_<bench>[_<perturbation>]).
+(default: beside the checkpoint, eval_<bench>_<split>_<crop><size>[_sub-<subsets>][_<perturbation>][_t-<hash>]:
+every option that changes the scores, and where the threshold came from, is in the name; a run never
+writes over the scores.csv it reads its threshold from).
 """
 import argparse
 

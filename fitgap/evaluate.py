@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from torch.utils.data import DataLoader
@@ -184,6 +185,9 @@ def plot_reliability(result: Dict[str, Any], path: str) -> bool:
     return True
 
 
+OUTPUT_FILES = ("results.json", "results.csv", "results.md", "scores.csv", "reliability.png")
+
+
 def write_results(result: Dict[str, Any], out_dir: str, title: str = "") -> None:
     os.makedirs(out_dir, exist_ok=True)
     public = {k: v for k, v in result.items() if not k.startswith("_")}
@@ -204,6 +208,27 @@ def read_scores_csv(path: str) -> Tuple[List[int], List[float]]:
     return labels, scores
 
 
+def threshold_files(src: str) -> List[str]:
+    """The files --threshold-from reads (absolute): the JSON given, and the scores.csv it is fitted on."""
+    path = os.path.join(src, "scores.csv") if os.path.isdir(src) else src
+    files = [os.path.abspath(path)]
+    if path.endswith(".json"):
+        files.append(os.path.abspath(os.path.join(os.path.dirname(path), "scores.csv")))
+    return files
+
+
+def _read_json_object(path: str, what: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{what}: {path} is not readable JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what}: {path} holds a JSON {type(data).__name__}, expected an object "
+                         "such as {\"threshold\": 0.42} or an evaluation's results.json")
+    return data
+
+
 def load_threshold(src: str) -> Tuple[float, str]:
     """A decision threshold from a validation run: a folder or results.json of `evaluate.py` (fitted
     on the scores.csv beside it: best balanced accuracy, pooled over subsets), a scores.csv, or a JSON
@@ -214,18 +239,56 @@ def load_threshold(src: str) -> Tuple[float, str]:
         raise MissingInput(f"--threshold-from: {src!r} does not exist (give an evaluation folder, its "
                                 "scores.csv, or a JSON file with a threshold)")
     if src.endswith(".json"):
-        with open(src) as f:
-            data = json.load(f)
-        if isinstance(data.get("threshold"), (int, float)) and "rows" not in data:
-            return float(data["threshold"]), src
+        data = _read_json_object(src, "--threshold-from")
+        t = data.get("threshold")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and "rows" not in data:
+            if not math.isfinite(t):
+                raise InputError(f"--threshold-from: {src}: threshold {t} is not a finite number")
+            return float(t), src
+        if "rows" not in data:
+            raise InputError(f"--threshold-from: {src} has neither a numeric \"threshold\" nor an "
+                             "evaluation's \"rows\"")
         src = os.path.join(os.path.dirname(src), "scores.csv")
         if not os.path.isfile(src):
             raise MissingInput(f"--threshold-from: no scores.csv beside that results.json ({src!r})")
-    labels, scores = read_scores_csv(src)
+    try:
+        labels, scores = read_scores_csv(src)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, csv.Error) as exc:
+        raise InputError(f"--threshold-from: {src} is not an evaluation's scores.csv "
+                         f"({type(exc).__name__}: {exc})") from None
     try:
         return fit_threshold(labels, scores), f"fitted on {src}"
     except ValueError as exc:
         raise InputError(f"--threshold-from: {src}: {exc}") from None
+
+
+def default_out_dir(args, perturb: Perturbation) -> str:
+    """<checkpoint folder>/eval_<...>: the name encodes everything that changes the scores (benchmark,
+    split, subsets, crop mode and size, perturbation) and where a threshold came from, so two different
+    evaluations never share a folder."""
+    import hashlib
+
+    parts = [args.bench, args.split or "default", f"{args.crop}{args.size or ''}"]
+    if args.subsets:
+        names = "+".join(args.subsets)
+        parts.append("sub-" + (names if len(names) <= 40 and re.fullmatch(r"[\w.+-]+", names)
+                               else hashlib.sha1(names.encode()).hexdigest()[:8]))
+    if perturb.active:
+        parts.append(perturb.describe())
+    if args.threshold_from:
+        parts.append("t-" + hashlib.sha1(os.path.abspath(args.threshold_from).encode()).hexdigest()[:8])
+    return os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval_" + "_".join(parts))
+
+
+def check_out_dir(out: str, threshold_from: Optional[str]) -> None:
+    """A run never writes over the file it reads its threshold from."""
+    if not threshold_from:
+        return
+    written = {os.path.realpath(os.path.join(out, f)) for f in OUTPUT_FILES}
+    clash = [f for f in threshold_files(threshold_from) if os.path.realpath(f) in written]
+    if clash:
+        raise InputError(f"--out: {out} would overwrite {clash[0]}, which --threshold-from reads; "
+                         "write this evaluation elsewhere (another --out, or leave --out to the default)")
 
 
 def run_title(bench: str, ckpt_path: str, perturb: Optional[Perturbation]) -> str:
@@ -243,7 +306,11 @@ def run(args) -> Dict[str, Any]:
     perturb.check()
     if args.max_crops < 1:
         raise InputError(f"--max-crops: must be >= 1, got {args.max_crops}")
+    if args.size is not None and args.size < 1:
+        raise InputError(f"--size: a crop size must be >= 1 px, got {args.size}")
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (None, None)
+    out = args.out or default_out_dir(args, perturb)
+    check_out_dir(out, args.threshold_from)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
     subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
@@ -262,8 +329,6 @@ def run(args) -> Dict[str, Any]:
             for r in result["rows"]:
                 c = checks.get(r["subset"], {})
                 r["metadata_ap"], r["shortcut"] = c.get("metadata_ap"), c.get("shortcut", False)
-        tag = args.bench + ("" if not perturb.active else "_" + perturb.describe())
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f"eval_{tag}")
         title = run_title(args.bench, args.ckpt, perturb)
         write_results(result, out, title)
         print(format_markdown(result, title), flush=True)

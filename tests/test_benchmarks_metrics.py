@@ -152,6 +152,60 @@ def test_threshold_from_evaluation_folder_and_json(tmp_path):
     assert load_threshold(str(tmp_path / "t.json")) == (0.3, str(tmp_path / "t.json"))
     with pytest.raises(FileNotFoundError, match="--threshold-from"):
         load_threshold(str(tmp_path / "nope"))
+    # malformed or non-object JSON: one line naming the file, no JSONDecodeError / AttributeError
+    from fitgap.errors import InputError
+
+    for name, text in (("bad.json", "{not json"), ("list.json", "[0.3]"), ("nokey.json", '{"t": 1}'),
+                       ("inf.json", '{"threshold": Infinity}')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=name):
+            load_threshold(str(tmp_path / name))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "scores.csv").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(InputError, match="scores.csv"):
+        load_threshold(str(tmp_path / "junk"))
+
+
+def _eval_args(**kw):
+    import argparse
+
+    base = dict(ckpt="/r/ft/best.pt", bench="genimage", split=None, subsets=None, crop="center", size=None,
+                threshold_from=None, out=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_default_eval_folder_encodes_everything_that_changes_scores():
+    from fitgap.evaluate import default_out_dir
+    from fitgap.evaldata import Perturbation
+
+    none = Perturbation()
+    base = default_out_dir(_eval_args(), none)
+    assert os.path.dirname(base) == "/r/ft" and os.path.basename(base).startswith("eval_genimage")
+    variants = [default_out_dir(_eval_args(split="train"), none),
+                default_out_dir(_eval_args(subsets=["ADM"]), none),
+                default_out_dir(_eval_args(subsets=["ADM", "glide"]), none),
+                default_out_dir(_eval_args(crop="tiles"), none),
+                default_out_dir(_eval_args(size=96), none),
+                default_out_dir(_eval_args(), Perturbation(jpeg=75)),
+                default_out_dir(_eval_args(), Perturbation(resize=0.5, resize_kernel="bicubic")),
+                default_out_dir(_eval_args(threshold_from="/r/ft/eval_a"), none),
+                default_out_dir(_eval_args(threshold_from="/r/ft/eval_b"), none)]
+    assert len({base, *variants}) == 1 + len(variants)
+    assert default_out_dir(_eval_args(subsets=["x/../../y"]), none).startswith("/r/ft/eval_")  # no path from names
+
+
+def test_an_evaluation_never_overwrites_the_scores_it_reads_its_threshold_from(tmp_path):
+    from fitgap.errors import InputError
+    from fitgap.evaluate import check_out_dir
+
+    val = tmp_path / "eval_val"
+    val.mkdir()
+    (val / "scores.csv").write_text("subset,path,label,p_fake,error\n")
+    for src in (str(val), str(val / "scores.csv"), str(val / "results.json")):
+        with pytest.raises(InputError, match="overwrite"):
+            check_out_dir(str(val), src)
+    check_out_dir(str(tmp_path / "eval_test"), str(val))  # elsewhere: fine
+    check_out_dir(str(val), None)
 
 
 # --- the layouts of 2026's benchmarks -------------------------------------------------------------

@@ -131,6 +131,13 @@ def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path
     res2 = json.loads((out2 / "results.json").read_text())
     assert isinstance(res2["threshold"], float) and "acc_t" in res2["rows"][0] and "acc@t" in r.stdout
     assert res2["perturbation"] == "resize0.5-bicubic-noaa"
+    # writing into the folder the threshold is read from is refused before anything is scored
+    before = (out / "scores.csv").read_text()
+    r = run(["evaluate.py", "--ckpt", str(tmp_path / "ev" / "best.pt"), "--bench", "folder", "--root",
+             str(bench), "--out", str(out), "--device", "cpu", "--workers", "0", "--threshold-from", str(out)],
+            check=False)
+    assert r.returncode == 2 and "overwrite" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert (out / "scores.csv").read_text() == before
     # detect: one row per file, unreadable reported
     r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "ev" / "best.pt"), str(bench / "x" / "1_fake"),
              "--device", "cpu", "--json"])
