@@ -178,7 +178,7 @@ def stream_state(state: Dict[str, Any], info: D.DistInfo) -> Dict[str, Any]:
     consumed: Dict[int, int] = {}
     for part in D.all_gather_object(state["consumed"]):
         consumed.update(part)
-    return {"units": state["units"], "consumed": consumed}
+    return {"units": state["units"], "deal": shards.DEAL_VERSION, "consumed": consumed}
 
 
 def build_feed(cfg: Dict[str, Any], spec: PlanSpec, info: D.DistInfo, run_dir: str, resume_path: str):
@@ -196,7 +196,8 @@ def build_feed(cfg: Dict[str, Any], spec: PlanSpec, info: D.DistInfo, run_dir: s
             feed.steps = t["steps_per_epoch"]
         if info.is_main:
             print(f"shards: {len(feed.shards)} ({sum(x.samples for x in feed.shards)} images), {feed.units} "
-                  f"readers (ranks x workers), {feed.steps} steps per epoch", flush=True)
+                  f"readers (ranks x workers), {feed.steps} steps per epoch; "
+                  f"{feed.layout.describe(feed.units, spec.images)}", flush=True)
         # fresh workers every epoch: they take the epoch and resume point from set_epoch
         loader = DataLoader(feed, batch_size=None, num_workers=d["workers"], pin_memory=info.device.type == "cuda",
                             persistent_workers=False, **seeding)
@@ -307,11 +308,13 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if state["step_in_epoch"] >= sampler.steps:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
-        elif units is not None and stream.get("units") == units:
+        elif units is not None and stream.get("units") == units and stream.get("deal") == shards.DEAL_VERSION:
             state["consumed"] = {int(k): int(v) for k, v in stream["consumed"].items()}
         elif units is not None and info.is_main:
-            print(f"warning: the checkpoint's shard readers ({stream.get('units')}) differ from this run's "
-                  f"({units} = ranks x data.workers): the rest of epoch {state['epoch']} is dealt anew, so it "
+            why = (f"the checkpoint's shard readers ({stream.get('units')}) differ from this run's ({units} = ranks "
+                   f"x data.workers)" if stream.get("units") != units else
+                   "the checkpoint's shards were dealt to readers by an older version of the deal")
+            print(f"warning: {why}: the rest of epoch {state['epoch']} is dealt anew, so it "
                   "does not see the same images an uninterrupted run would", flush=True)
         if info.is_main:
             log.truncate_after(state["step"])

@@ -15,7 +15,10 @@ units read the same shard. A unit reads its shards one after the other, in the o
 written (the command writes a shuffled list), and builds the batches of the steps it owns (step s of
 rank r: unit r * W + s mod W; the loader takes the workers' batches in turn). The plan of a step and the
 window cut are the same functions as for a folder. Steps per epoch are the same on every rank: what the
-unit with the fewest samples can fill (shards beyond it are read in the next epoch's deal).
+unit with the fewest samples can fill. Shards are dealt by their sample counts (largest first, each to the
+unit with the fewest samples so far), so a small last shard costs nothing; a layout whose readers still
+get uneven shares (fewer shards than a few per reader) is reported in numbers at the start, and a reader
+whose shards cannot fill a step cycles them.
 
 Resume. The training loop records, per unit, how many samples it has consumed in the epoch; the
 checkpoint holds it for every rank. A resumed run with the same number of ranks and workers restarts
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import heapq
 import re
 import tarfile
 from dataclasses import dataclass
@@ -81,15 +85,31 @@ def check_source(source: str) -> None:
         raise ConfigError(f"data.train: {len(missing)} of {len(urls)} shards do not exist, e.g. {missing[:3]}")
 
 
-def read_manifest(path: str) -> List[Shard]:
+def read_manifest(path: str, verify: bool = True) -> List[Shard]:
+    """The shards of a manifest, each checked against its tar file (verify): a shard whose size on disk
+    is the one recorded at writing keeps the count measured then; any other (an older manifest without
+    sizes, a file rewritten since) is counted from its tar headers, and a count that differs from the
+    manifest's is refused, naming the shard."""
     try:
         with open(path) as f:
             doc = json.load(f)
         base = os.path.dirname(os.path.abspath(path))
-        return [Shard(s["url"] if os.path.isabs(s["url"]) else os.path.join(base, s["url"]), int(s["samples"]))
-                for s in doc["shards"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        rows = [(s["url"] if os.path.isabs(s["url"]) else os.path.join(base, s["url"]), int(s["samples"]),
+                 s.get("bytes")) for s in doc["shards"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not a shard manifest ({type(exc).__name__}: {exc})") from None
+    if verify:
+        for url, samples, size in rows:
+            if not os.path.isfile(url):
+                raise InputError(f"{path}: shard {url} does not exist")
+            if size is not None and os.path.getsize(url) == int(size):
+                continue
+            counted = count_samples(url)
+            if counted != samples:
+                raise InputError(f"{path}: shard {os.path.basename(url)} holds {counted} samples, the manifest "
+                                 f"says {samples}: the manifest does not describe these files (write the shards "
+                                 "again, or train on the tar pattern, which is counted from the files)")
+    return [Shard(url, samples) for url, samples, _ in rows]
 
 
 def _image_members(tar: tarfile.TarFile) -> Iterator[Tuple[str, tarfile.TarInfo]]:
@@ -117,8 +137,11 @@ def shard_list(source: str) -> List[Shard]:
     urls = expand_urls(source)
     known: Dict[str, int] = {}
     manifest = os.path.join(os.path.dirname(os.path.abspath(urls[0])), MANIFEST) if urls else ""
-    if manifest and os.path.isfile(manifest):
-        known = {os.path.abspath(s.url): s.samples for s in read_manifest(manifest)}
+    if manifest and os.path.isfile(manifest):  # counts the manifest measured, for the shards it verifies
+        try:
+            known = {os.path.abspath(s.url): s.samples for s in read_manifest(manifest)}
+        except InputError:
+            known = {}  # another set of shards beside it: count these from their headers
     return [Shard(u, known[os.path.abspath(u)] if os.path.abspath(u) in known else count_samples(u)) for u in urls]
 
 
@@ -134,25 +157,78 @@ def iter_samples(url: str, skip: int = 0) -> Iterator[Tuple[str, bytes]]:
         raise InputError(f"{url}: shard unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def deal(n_shards: int, units: int, seed: int, epoch: int) -> List[np.ndarray]:
-    """Shard indices of each unit this epoch: a seeded shuffle dealt in turn."""
-    order = np.random.default_rng([seed, epoch, 11]).permutation(n_shards)
-    return [order[u::units] for u in range(units)]
+DEAL_VERSION = 2  # how shards are dealt to readers (stored with resume positions)
+
+
+def deal(counts: Sequence[int], units: int, seed: int, epoch: int) -> List[np.ndarray]:
+    """Shard indices of each unit this epoch, balanced by sample counts: a seeded shuffle, then the
+    largest shards first, each to the unit with the fewest samples so far (shards of equal size trade
+    places between epochs, units are relabelled by the seed). Empty shards are dealt to nobody. With
+    fewer non-empty shards than units, unit u reads shard u mod n of the shuffled list (shards repeat)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch, 11])
+    order = rng.permutation(len(counts))
+    order = order[counts[order] > 0]
+    labels = rng.permutation(units)
+    if len(order) == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in range(units)]
+    if len(order) < units:
+        return [order[[labels[u] % len(order)]] for u in range(units)]
+    order = order[np.argsort(-counts[order], kind="stable")]
+    totals = [(0, u) for u in range(units)]  # a heap of (samples dealt, unit)
+    mine: List[List[int]] = [[] for _ in range(units)]
+    for i in order:
+        total, u = heapq.heappop(totals)
+        mine[u].append(int(i))
+        heapq.heappush(totals, (total + int(counts[i]), u))
+    return [np.asarray(mine[labels[u]], dtype=np.int64) for u in range(units)]
+
+
+@dataclass(frozen=True)
+class EpochLayout:
+    """What one epoch of shard reading gives: steps per rank, the samples of the unit dealt the fewest,
+    how many samples an epoch reads of how many there are, and how often a reader repeats its shards."""
+    steps: int
+    fewest: int
+    read: int
+    total: int
+    repeats: float
+
+    def describe(self, units: int, images_per_step: int) -> str:
+        """One line for the start of a run; says in numbers what an unbalanced layout costs."""
+        share = self.read / max(1, self.total)
+        line = f"an epoch reads {self.read} of {self.total} images ({100 * share:.1f}%)"
+        if self.repeats > 1:
+            line += (f"; the reader dealt the fewest shards holds {self.fewest} images, fewer than the "
+                     f"{images_per_step} of its steps: its shards are cycled (read {self.repeats:.1f} times an epoch)")
+        elif share < 0.99:
+            line += (f": the {units} readers (ranks x data.workers) get uneven shards (the fewest {self.fewest} "
+                     f"images); write smaller shards (--size) so every reader gets several")
+        return line
+
+
+def epoch_layout(shards: Sequence[Shard], units: int, workers: int, images_per_step: int) -> EpochLayout:
+    """Steps every rank can make in any epoch. Each unit owns every W-th step of its rank; the unit
+    dealt the fewest samples bounds them: floor(its samples / images per step) steps of its own (the
+    deal's totals do not depend on the epoch). A unit whose shards cannot fill one step cycles them
+    (webdataset's resampled shards), so any non-empty set of shards trains."""
+    counts = [s.samples for s in shards]
+    total = int(sum(counts))
+    if total == 0:
+        raise InputError(f"{len(shards)} shard(s) hold no image")
+    dealt = deal(counts, units, 0, 0)
+    if sum(1 for c in counts if c > 0) < units:
+        fewest = min(c for c in counts if c > 0)  # any unit may be given the smallest shard
+    else:
+        fewest = int(min(sum(counts[i] for i in d) for d in dealt))
+    own = max(1, fewest // images_per_step)
+    steps = workers * own
+    read = min(total, units * own * images_per_step)
+    return EpochLayout(steps, fewest, read, total, own * images_per_step / fewest)
 
 
 def steps_per_epoch(shards: Sequence[Shard], units: int, workers: int, images_per_step: int) -> int:
-    """Steps every rank can make in any epoch: the unit dealt the smallest shards fills
-    floor(samples / images per step) own steps, and a rank's W units take turns."""
-    if len(shards) < units:
-        raise InputError(f"{len(shards)} shards for {units} readers (ranks x data.workers): every reader needs "
-                         "at least one shard; write smaller shards (--size) or use fewer workers")
-    per_unit = len(shards) // units
-    fewest = int(sum(sorted(s.samples for s in shards)[:per_unit]))
-    steps = workers * (fewest // images_per_step)
-    if steps < 1:
-        raise InputError(f"a reader's {per_unit} shard(s) may hold only {fewest} images, fewer than the "
-                         f"{images_per_step} images of one step")
-    return steps
+    return epoch_layout(shards, units, workers, images_per_step).steps
 
 
 class ShardWindows(IterableDataset):
@@ -167,7 +243,8 @@ class ShardWindows(IterableDataset):
         self.workers = max(1, workers)
         self.units = self.world_size * self.workers
         self.max_tries = max_tries
-        self.steps = steps_per_epoch(self.shards, self.units, self.workers, spec.images)
+        self.layout = epoch_layout(self.shards, self.units, self.workers, spec.images)
+        self.steps = self.layout.steps
         self.epoch, self.start_step = 0, 0
         self.consumed: Dict[int, int] = {}
 
@@ -180,11 +257,11 @@ class ShardWindows(IterableDataset):
 
     def _stream(self, unit: int, position: int) -> Iterator[Tuple[str, bytes]]:
         """The unit's samples from `position` on. Past its last shard it starts again at its first
-        (only unusable samples can make a unit need more than its share; those few are read twice)."""
-        mine = [self.shards[i] for i in deal(len(self.shards), self.units, self.seed, self.epoch)[unit]]
+        (shards too small for a step are cycled; otherwise only unusable samples can make a unit need
+        more than its share, and those few are read twice)."""
+        dealt = deal([s.samples for s in self.shards], self.units, self.seed, self.epoch)[unit]
+        mine = [self.shards[i] for i in dealt]
         total = sum(s.samples for s in mine)
-        if total == 0:
-            raise InputError(f"reader {unit} (rank {self.rank}) was dealt only empty shards")
         position %= total
         while True:
             for shard in mine:
@@ -234,9 +311,11 @@ class ShardWindows(IterableDataset):
 
 
 def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "train",
-                 progress: bool = True) -> Dict[str, Any]:
-    """Every image of `src` (a folder or list) into tar shards of `size` samples, in a seeded shuffled
-    order, bytes unchanged; writes out/shards.json last (atomically) with each shard's count."""
+                 progress: bool = True, max_bytes: float = 3e9) -> Dict[str, Any]:
+    """Every image of `src` (a folder or list) into tar shards of at most `size` samples and about
+    `max_bytes` bytes (webdataset's ShardWriter starts a new shard at either), in a seeded shuffled
+    order, bytes unchanged; writes out/shards.json last (atomically) with each shard's sample count as
+    written and its size on disk."""
     import webdataset as wds
     from tqdm import tqdm
 
@@ -244,6 +323,8 @@ def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "tr
 
     if size < 1:
         raise InputError(f"--size must be >= 1, got {size}")
+    if not max_bytes > 0:
+        raise InputError(f"--max-bytes must be > 0, got {max_bytes}")
     listing = build_index(src)
     paths = listing.index
     if not len(paths):
@@ -256,8 +337,8 @@ def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "tr
                          "--prefix, or remove them")
     pattern = os.path.join(out, f"{prefix}-%06d.tar")
     skipped = []
-    written = 0
-    with wds.ShardWriter(pattern, maxcount=size, verbose=0) as sink:
+    written: Dict[str, int] = {}  # shard file -> samples written into it
+    with wds.ShardWriter(pattern, maxcount=size, maxsize=max_bytes, verbose=0) as sink:
         for n, i in enumerate(tqdm(order, desc="shards", disable=not progress, unit="img")):
             path = paths[int(i)]
             ext = os.path.splitext(path)[1].lower().lstrip(".")
@@ -272,9 +353,12 @@ def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "tr
                 continue
             sink.write({"__key__": f"{n:09d}", ext: data,
                         "path.txt": os.path.relpath(path, listing.info.source) if listing.info.kind == "folder" else path})
-            written += 1
-    shards = [{"url": f"{prefix}-{i:06d}.tar", "samples": min(size, written - i * size)}
-              for i in range(-(-written // size))]
+            name = os.path.basename(sink.fname)
+            written[name] = written.get(name, 0) + 1
+    if not written:
+        raise MissingInput(f"no readable image under {src!r} (skipped {len(skipped)}: {skipped[:3]})")
+    shards = [{"url": name, "samples": n, "bytes": os.path.getsize(os.path.join(out, name))}
+              for name, n in sorted(written.items())]
     manifest = {"source": listing.info.source, "seed": seed, "size": size, "images": sum(s["samples"] for s in shards),
                 "skipped": skipped, "shards": shards}
     atomic_write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
@@ -292,11 +376,13 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--out", required=True, help="folder for <prefix>-000000.tar ... and shards.json")
     p.add_argument("--size", type=int, default=1000, help="samples per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    p.add_argument("--max-bytes", type=float, default=3e9,
+                   help="a new shard also starts past this many bytes (default 3e9, webdataset's)")
     p.add_argument("--prefix", default="train")
     args = p.parse_args(argv)
 
     def go():
-        m = write_shards(args.src, args.out, args.size, args.seed, args.prefix)
+        m = write_shards(args.src, args.out, args.size, args.seed, args.prefix, max_bytes=args.max_bytes)
         print(f"{m['images']} images in {len(m['shards'])} shards under {args.out}"
               + (f"; {len(m['skipped'])} files skipped, e.g. {m['skipped'][:3]}" if m["skipped"] else ""))
         print(f"train with: data.train={m['pattern']}   (or data.train={os.path.join(args.out, MANIFEST)})")

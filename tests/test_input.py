@@ -1,4 +1,5 @@
 """Input at scale: the flat path index, the run's saved index, and WebDataset shard input."""
+import json
 import os
 import pickle
 import sys
@@ -144,6 +145,68 @@ def test_write_shards_keeps_the_bytes_and_counts(shard_dir):
         S.write_shards(src, out, size=3, progress=False)
 
 
+def test_manifest_counts_are_measured_when_shards_roll_over_by_size(tmp_path):
+    # about 6 images per 16 kB shard although --size allows 1000: the writer rolls over by bytes
+    write_images(str(tmp_path / "src"), 20)
+    m = S.write_shards(str(tmp_path / "src"), str(tmp_path / "out"), size=1000, progress=False, max_bytes=16e3)
+    counted = [S.count_samples(os.path.join(tmp_path, "out", s["url"])) for s in m["shards"]]
+    assert len(m["shards"]) > 1 and [s["samples"] for s in m["shards"]] == counted and sum(counted) == 20
+    assert m["pattern"].endswith(f"train-{{000000..{len(counted) - 1:06d}}}.tar")
+    listed = S.shard_list(os.path.join(tmp_path, "out", "shards.json"))
+    assert [x.samples for x in listed] == counted
+    # a manifest that does not describe the files on disk is refused, naming the shard
+    doc = json.loads((tmp_path / "out" / "shards.json").read_text())
+    doc["shards"][0]["samples"] += 1
+    doc["shards"][0]["bytes"] += 1
+    (tmp_path / "out" / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="train-000000.tar holds"):
+        S.read_manifest(str(tmp_path / "out" / "bad.json"))
+    # an older manifest without sizes is checked against the tar headers
+    for x in doc["shards"]:
+        x.pop("bytes")
+    doc["shards"][0]["samples"] -= 1
+    (tmp_path / "out" / "old.json").write_text(json.dumps(doc))
+    assert [x.samples for x in S.read_manifest(str(tmp_path / "out" / "old.json"))] == counted
+
+
+def test_a_small_last_shard_does_not_shrink_the_epoch():
+    # 64 shards of 1,000 and one of 5 on 8 ranks x 8 workers, 4 images a step
+    shards = [S.Shard(f"s{i}.tar", 1000) for i in range(64)] + [S.Shard("s64.tar", 5)]
+    layout = S.epoch_layout(shards, 64, 8, 4)
+    assert layout.steps == 8 * 250 and layout.read / layout.total >= 0.99
+    assert "(100.0%)" in layout.describe(64, 4) or "(99." in layout.describe(64, 4)
+    for epoch in range(3):
+        dealt = S.deal([x.samples for x in shards], 64, 7, epoch)
+        flat = sorted(int(i) for d in dealt for i in d)
+        assert flat == list(range(65))  # every shard dealt once
+    # uneven whatever the deal: 10 shards of 1,000 on 8 readers is reported in numbers
+    uneven = S.epoch_layout([S.Shard(f"u{i}.tar", 1000) for i in range(10)], 8, 1, 4)
+    assert uneven.read == 8000 and "8000 of 10000 images (80.0%)" in uneven.describe(8, 4)
+    assert "write smaller shards" in uneven.describe(8, 4)
+    # sizes that only a by-count deal balances: 4 readers, 1 large + 6 small shards
+    counts = [600, 200, 200, 200, 200, 200, 200]
+    totals = sorted(sum(counts[i] for i in d) for d in S.deal(counts, 4, 0, 0))
+    assert totals == [400, 400, 400, 600]
+
+
+def test_shards_too_small_for_a_step_are_cycled_and_reported(shard_dir):
+    # 8 shards of 3 on 2 ranks x 4 workers: every reader holds 3 images and a step needs 6
+    _, _, m = shard_dir
+    ds = S.ShardWindows(S.shard_list(m["pattern"]), SPEC, 1, 2, seed=0, workers=4)
+    batches = collect(ds, 4)
+    assert len(batches) == ds.steps == 4 and ds.layout.repeats == 2
+    for b in batches:
+        assert len(b["keys"]) == SPEC.images and len(set(b["keys"])) < SPEC.images  # read again, not refused
+    # the 13 demo photos as 5 shards of 3 (the last holds 1) under 2 ranks x 1 worker, 16 images a step
+    shards = [S.Shard(f"d{i}.tar", n) for i, n in enumerate([3, 3, 3, 3, 1])]
+    layout = S.epoch_layout(shards, 2, 1, 16)
+    assert layout.steps == 1 and layout.repeats > 1
+    text = layout.describe(2, 16)
+    assert "cycled" in text and "fewer than the 16" in text
+    with pytest.raises(InputError, match="hold no image"):
+        S.epoch_layout([S.Shard("e.tar", 0)], 2, 1, 16)
+
+
 def test_shard_sources_are_recognised_and_missing_shards_named(shard_dir, tmp_path):
     _, out, m = shard_dir
     assert S.is_shard_source(m["pattern"]) and S.is_shard_source(os.path.join(out, "shards.json"))
@@ -181,11 +244,12 @@ def test_shards_are_split_across_ranks_and_workers(shard_dir):
     for u in files:
         for v in files:
             assert u == v or not files[u] & files[v]  # no shard read by two readers
-    dealt = S.deal(len(shards), 4, 0, 1)
+    dealt = S.deal([x.samples for x in shards], 4, 0, 1)
     for u, names in files.items():
         assert names <= {os.path.basename(shards[i].url) for i in dealt[u]}
-    with pytest.raises(InputError, match="every reader needs at least one shard"):
-        S.ShardWindows(shards, SPEC, 0, 4, seed=0, workers=3)
+    # more readers than shards: every reader still gets a shard (shards repeat), and says so
+    many = S.ShardWindows(shards, SPEC, 0, 4, seed=0, workers=3)
+    assert many.steps >= 3 and all(len(d) == 1 for d in S.deal([x.samples for x in shards], 12, 0, 0))
 
 
 def test_shard_resume_gives_the_batches_of_an_uninterrupted_epoch(shard_dir):
