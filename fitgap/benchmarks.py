@@ -42,6 +42,7 @@ class Subset:
     name: str
     items: List[Tuple[str, int]] = field(default_factory=list)  # (path, label)
     status: str = "ok"  # ok | missing | empty
+    note: str = ""  # what the layout could not find for this subset (shown beside its numbers)
 
     @property
     def counts(self) -> Dict[str, int]:
@@ -163,10 +164,17 @@ def ufd(root: str) -> List[Subset]:
             out.append(Subset(name, [], "missing"))
             continue
         items = _pair(folder_)
+        note = ""
         if not os.path.isdir(os.path.join(folder_, "0_real")):
             real_from = os.path.join(root, "imagenet" if name.startswith("guided") else "laion", "0_real")
-            items = [(p, 0) for p in _images(real_from)] + items
-        out.append(_finish(name, items, True))
+            borrowed = [(p, 0) for p in _images(real_from)]
+            if not borrowed:
+                note = (f"no real images: {name} has no 0_real and borrows its reals from "
+                        f"{os.path.relpath(real_from, root)}, which is {'empty' if os.path.isdir(real_from) else 'missing'}")
+            items = borrowed + items
+        sub = _finish(name, items, True)
+        sub.note = note
+        out.append(sub)
     return out
 
 
@@ -183,14 +191,37 @@ def synthbuster(root: str, real_root: Optional[str]) -> List[Subset]:
     out = []
     for name in _ordered_names(root, SYNTHBUSTER):
         folder_ = os.path.join(root, name)
-        if os.path.abspath(folder_) == real_abs:
-            continue
         if not os.path.isdir(folder_):
             out.append(Subset(name, [], "missing"))
             continue
-        fakes = [(p, 1) for p in _images(folder_)]
+        here = os.path.abspath(folder_)
+        holds_reals = real_abs == here or real_abs.startswith(here + os.sep)
+        fakes = [(p, 1) for p in _images(folder_) if not _inside(os.path.abspath(p), real_abs)]
+        if holds_reals and not fakes and name not in SYNTHBUSTER:
+            continue  # the folder that holds --real-root (sb/RAISE/PNG below sb/): not a generator
         out.append(_finish(name, reals + fakes if fakes else [], True))
     return out
+
+
+def _inside(path: str, folder_: str) -> bool:
+    return path == folder_ or path.startswith(folder_ + os.sep)
+
+
+def check_labels(subsets: List[Subset]) -> None:
+    """Refuse an image that a layout would label both real and fake (a real folder nested inside a
+    generator's, a CSV listing one file twice): its subsets' numbers would be meaningless."""
+    seen: Dict[str, Tuple[int, str]] = {}
+    folders: Dict[str, str] = {}  # realpath of each folder once (linked folders), not of every file
+    for sub in subsets:
+        for path, label in sub.items:
+            d, base = os.path.split(os.path.abspath(path))
+            if d not in folders:
+                folders[d] = os.path.realpath(d)
+            key = os.path.join(folders[d], base)
+            old = seen.setdefault(key, (label, sub.name))
+            if old[0] != label:
+                raise InputError(f"{path} would be labelled both real and fake (subsets {old[1]!r} and "
+                                 f"{sub.name!r}): the benchmark's real and fake folders overlap")
 
 
 def chameleon(root: str) -> List[Subset]:
@@ -251,4 +282,5 @@ def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] =
     if subsets:
         by = {s.name: s for s in found}
         found = [by.get(n, Subset(n, [], "missing")) for n in subsets]
+    check_labels(found)
     return found

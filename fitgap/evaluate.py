@@ -70,6 +70,8 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
                          "notes": f"{sub.status}: excluded from the mean"})
             notes.append(f"{sub.name}: {sub.status}, excluded from the mean")
             continue
+        if sub.note:
+            notes.append(f"{sub.name}: {sub.note}")
         scores, skipped = predict(model, sub.items, crop, mode, mean, std, perturb, device, batch,
                                   workers, info, desc=sub.name, amp=amp, max_crops=max_crops)
         idx = sorted(scores)
@@ -78,7 +80,7 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
         unreadable = len(skipped) - len(failed)
         extra = ([f"{unreadable} unreadable image(s) skipped"] if unreadable else []) + \
                 ([f"{len(failed)} image(s) failed: {NON_FINITE}"] if failed else [])
-        m["notes"] = "; ".join(x for x in (m["notes"], *extra) if x)
+        m["notes"] = "; ".join(x for x in (sub.note, m["notes"], *extra) if x)
         rows.append({"subset": sub.name, "status": "ok", "skipped": unreadable, "failed": len(failed),
                      "skipped_files": [sub.items[i][0] for i in sorted(skipped) if i not in failed][:10],
                      "failed_files": [sub.items[i][0] for i in sorted(failed)][:10], **m})

@@ -236,6 +236,14 @@ def test_ufd_diffusion_layout_borrows_paired_reals(tmp_path):
     assert all("imagenet" in p for p, y in by["guided"].items if y == 0)
     assert by["ldm_200"].counts == {"real": 5, "fake": 1} and by["dalle"].counts == {"real": 1, "fake": 1}
     assert by["glide_100_27"].status == "missing"
+    assert by["guided"].note == "" and by["dalle"].note == ""
+    # borrowed reals that are missing: named beside the subset, not a silent one-class subset
+    import shutil
+
+    shutil.rmtree(tmp_path / "laion")
+    by = {s.name: s for s in load_benchmark("ufd", str(tmp_path))}
+    assert by["ldm_200"].counts == {"real": 0, "fake": 1}
+    assert "laion/0_real" in by["ldm_200"].note and "missing" in by["ldm_200"].note
 
 
 def test_synthbuster_needs_and_shares_the_real_root(tmp_path):
@@ -247,6 +255,32 @@ def test_synthbuster_needs_and_shares_the_real_root(tmp_path):
     by = {s.name: s for s in load_benchmark("synthbuster", str(tmp_path / "synth"), real_root=str(tmp_path / "raise"))}
     assert by["dalle3"].counts == {"real": 4, "fake": 3} and by["firefly"].counts == {"real": 4, "fake": 2}
     assert by["midjourney-v5"].status == "missing"
+    # the real root nested below the root, at any depth, is neither a subset nor a source of fakes
+    for nested in ("RAISE", os.path.join("RAISE", "PNG"), os.path.join("dalle3", "reals")):
+        real = tmp_path / "synth" / nested
+        touch_images(real, 4)
+        subs = load_benchmark("synthbuster", str(tmp_path / "synth"), real_root=str(real))
+        names = [s.name for s in subs]
+        assert "RAISE" not in names, names
+        by = {s.name: s for s in subs}
+        assert by["dalle3"].counts == {"real": 4, "fake": 3} and by["firefly"].counts == {"real": 4, "fake": 2}
+        for s in subs:
+            assert not any(y == 1 and str(real) in p for p, y in s.items)
+        import shutil
+        shutil.rmtree(tmp_path / "synth" / nested.split(os.sep)[0]) if nested.startswith("RAISE") else shutil.rmtree(real)
+
+
+def test_an_image_labelled_both_real_and_fake_is_refused(tmp_path):
+    touch_images(tmp_path / "imgs", 2)
+    (tmp_path / "twice.csv").write_text("path,label,subset\nimgs/0.png,0,a\nimgs/1.png,1,a\nimgs/0.png,fake,b\n")
+    with pytest.raises(ValueError, match="both real and fake"):
+        load_benchmark("csv", str(tmp_path / "twice.csv"))
+    # a folder tree whose real folder is linked into a fake folder
+    touch_images(tmp_path / "tree" / "g" / "0_real", 2)
+    os.makedirs(tmp_path / "tree" / "g" / "1_fake")
+    os.symlink(tmp_path / "tree" / "g" / "0_real", tmp_path / "tree" / "g" / "1_fake" / "same")
+    with pytest.raises(ValueError, match="both real and fake"):
+        load_benchmark("folder", str(tmp_path / "tree"))
 
 
 def test_chameleon_layout(tmp_path):
