@@ -5,6 +5,8 @@ regression is scored leave-one-photo-out: the patches of each photo are predicte
 fitted on the patches of the other photos, so that photo content cannot carry the answer and every
 photo is tested. Reported: ratio accuracy vs chance (overall and per ratio), and per ratio the phase
 (y0 mod q, x0 mod q) accuracy vs chance: phase is content-free, ratio can lean on scale cues.
+Chance is the majority-class rate of the patches actually drawn (a ratio that gave no patch, because
+the photos are smaller than its window, is named and counts in no chance level).
 """
 from __future__ import annotations
 
@@ -112,15 +114,25 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
                          f"(skipped {len(skipped)}: {skipped[:5]})")
     f = encode(encoder, x, device)
     pred = leave_one_photo_out(f, ri, img)
-    report = {"ratio_acc": float((pred == ri).mean()), "ratio_chance": 1.0 / len(ratios),
+    names = [format_ratio(r) for r in ratios]
+    report = {"ratio_acc": float((pred == ri).mean()), "ratio_chance": majority_rate(ri),
               "n_test": int(len(ri)), "photos": int(len(photos)), "per_ratio": {}, "phase": {},
+              "no_patch": [n for j, n in enumerate(names) if not (ri == j).any()],
               "skipped": {"count": len(skipped), "examples": [f"{os.path.basename(p)}: {r}" for p, r in skipped[:5]]}}
-    for j, r in enumerate(ratios):
+    for j, name in enumerate(names):
         m = ri == j
-        report["per_ratio"][format_ratio(r)] = float((pred[m] == j).mean()) if m.any() else float("nan")
-        acc = float((leave_one_photo_out(f[m], ph[m], img[m]) == ph[m]).mean()) if m.any() else float("nan")
-        report["phase"][format_ratio(r)] = {"acc": acc, "chance": 1.0 / r.denominator ** 2}
+        if not m.any():
+            continue  # named in "no_patch"; it counts in no chance level
+        report["per_ratio"][name] = float((pred[m] == j).mean())
+        acc = float((leave_one_photo_out(f[m], ph[m], img[m]) == ph[m]).mean())
+        report["phase"][name] = {"acc": acc, "chance": majority_rate(ph[m])}
     return report
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    """Chance level of a classifier that always answers the most frequent class present: 1/K when
+    the K classes present are equally frequent, more when they are not (or when some never occur)."""
+    return float(np.bincount(labels).max() / len(labels))
 
 
 def initial_encoder(cfg: Dict[str, Any], device) -> torch.nn.Module:
@@ -165,7 +177,8 @@ def format_probe(r: Dict[str, Any]) -> str:
             + (", phase " + ", ".join(f"{k} {v['acc']:.2f}" for k, v in r["initial"]["phase"].items())
                if "phase" in r.get("initial", {}) else "")
             + (f"; skipped {r['skipped']['count']} photo(s): {', '.join(r['skipped']['examples'])}"
-               if r.get("skipped", {}).get("count") else ""))
+               if r.get("skipped", {}).get("count") else "")
+            + (f"; no patch at {', '.join(r['no_patch'])} (photos smaller than its window)" if r.get("no_patch") else ""))
 
 
 def main(argv=None) -> Dict[str, Any]:

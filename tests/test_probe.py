@@ -73,8 +73,25 @@ def test_probe_tells_a_trace_detector_from_a_blind_encoder(tmp_path):
     assert good["ratio_acc"] >= 0.8, good
     assert blind["ratio_acc"] <= 0.3, blind
     assert set(good["per_ratio"]) == {"2/3", "3/4", "5/4", "3/2"}
-    assert set(good["phase"]["3/2"]) == {"acc", "chance"} and good["phase"]["3/2"]["chance"] == 0.25
+    assert set(good["phase"]["3/2"]) == {"acc", "chance"} and good["phase"]["3/2"]["chance"] >= 0.25
+    assert good["no_patch"] == []
     assert probe_encoder(SpectrumEncoder(), paths, RATIOS, **kw)["ratio_acc"] == good["ratio_acc"]
+
+
+def test_probe_chance_counts_only_the_classes_present(tmp_path):
+    from fitgap.probe import format_probe, majority_rate
+
+    assert majority_rate(np.array([0, 0, 0, 1])) == 0.75 and majority_rate(np.array([2, 3, 2, 3])) == 0.5
+    # 1/8 gives no patch from 160-px windows at 32 px (a 20-px destination): named, not counted
+    paths = noise_photos(str(tmp_path / "photos"))
+    r = probe_encoder(ConstantEncoder(), paths, RATIOS + [Fraction(8, 1)], 32, "cpu", 6, 160, True,
+                      [128.0] * 3, [40.0] * 3)
+    assert r["no_patch"] == ["8/1"] and "8/1" not in r["per_ratio"] and "8/1" not in r["phase"]
+    assert r["ratio_chance"] == 0.25  # four ratios with patches, equally many each
+    assert "no patch at 8/1" in format_probe(r)
+    for name, v in r["phase"].items():
+        q = Fraction(name).denominator
+        assert v["chance"] >= 1 / q ** 2
 
 
 def test_probe_needs_two_photos(tmp_path):
