@@ -345,7 +345,7 @@ def get_args_parser():
     t.add_argument("--ckpt", required=True)
     t.add_argument("--bench", required=True)
     t.add_argument("--root", default=None)
-    t.add_argument("--split", default="val")
+    t.add_argument("--split", default=None, help="the benchmark's split (default: the one evaluate.py scores)")
     t.add_argument("--subsets", nargs="*", default=None)
     t.add_argument("--rescale", default="", help="also embed copies rescaled to these sizes, e.g. 224,192,160")
     t.add_argument("--n", type=int, default=100, help="images per class and subset")

@@ -5,9 +5,10 @@
 
 For every subset, real vs fake side by side: file formats, JPEG quality (estimated from the
 quantization tables, as forensic tools do), chroma subsampling, EXIF, the most common sizes, the
-smallest and largest side, the share of sides that are multiples of 8 / 64 / 256. Then a
+smallest and largest side, the share of sides that are multiples of 8 / 64 / 256, colour mode, bits
+per sample, ICC profiles and text-chunk keys (generation parameters that image tools write). Then a
 metadata-only baseline: a random forest (scikit-learn) on these header features alone, scored by
-cross-validated AP. A subset where metadata alone reaches AP >= 0.9 is flagged "a shortcut exists":
+cross-validated AP, files with identical header features kept in one fold. A subset where metadata alone reaches AP >= 0.9 is flagged "a shortcut exists":
 a detector's number there may measure file history, not generation.
 
 Only headers are read (PIL parses the markers and chunks before the pixel data and decodes nothing).
@@ -80,6 +81,22 @@ def jpeg_quality(tables: Dict[int, Sequence[int]]) -> Dict[str, Any]:
     return dict(out)
 
 
+MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "1")
+MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+# text-chunk keys that image tools and generators write (generation parameters, workflow, software)
+TEXT_KEYS = ("parameters", "prompt", "workflow", "Software", "Description", "Comment")
+
+
+def _bit_depth(path: str, im: Image.Image) -> int:
+    """Bits per sample: a PNG's from its IHDR chunk (palette PNGs have 1, 2, 4 or 8), else from the mode."""
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)
+        if len(head) == 26 and head[12:16] == b"IHDR":
+            return int(head[24])
+    return int(getattr(im, "bits", None) or MODE_BITS.get(im.mode, 8))
+
+
 def read_header(path: str) -> Dict[str, Any]:
     """Header facts of one image file; pixels are not decoded. `error` is set for unreadable files."""
     rec: Dict[str, Any] = {"path": path}
@@ -89,6 +106,9 @@ def read_header(path: str) -> Dict[str, Any]:
             rec["format"] = im.format or "?"
             rec["width"], rec["height"] = im.size
             rec["mode"] = im.mode
+            rec["bits"] = _bit_depth(path, im)
+            rec["icc"] = bool(im.info.get("icc_profile"))
+            rec["text_keys"] = sorted(k for k, v in im.info.items() if isinstance(k, str) and isinstance(v, str))[:32]
             rec["exif"] = bool(im.info.get("exif")) or (im.format == "TIFF" and 34665 in getattr(im, "tag_v2", {}))
             if im.format == "JPEG":
                 rec.update({f"jpeg_{k}": v for k, v in jpeg_quality(getattr(im, "quantization", {}) or {}).items()})
@@ -109,13 +129,17 @@ def read_headers(paths: Sequence[str], workers: int = 0, desc: str = "", min_par
 
 
 def features(rec: Dict[str, Any]) -> List[float]:
-    """The metadata baseline's inputs: format, JPEG quality and subsampling, EXIF, size and its
-    divisibility. Nothing computed from pixels."""
+    """The metadata baseline's inputs: format, colour mode, bit depth, ICC profile, text-chunk keys,
+    JPEG quality and subsampling, EXIF, size and its divisibility. Nothing computed from pixels."""
     fmt = rec.get("format")
     w, h = rec.get("width", 0), rec.get("height", 0)
     q = rec.get("jpeg_quality")
     sub = rec.get("subsampling")
+    mode = rec.get("mode")
+    keys = set(rec.get("text_keys") or ())
     return [*(float(fmt == f) for f in FORMATS), float(fmt not in FORMATS),
+            *(float(mode == m) for m in MODES), float(mode not in MODES), float(rec.get("bits") or 8),
+            float(bool(rec.get("icc"))), float(len(keys)), *(float(k in keys) for k in TEXT_KEYS),
             float(q) if q is not None else -1.0, float(bool(rec.get("jpeg_exact"))),
             float(sub == "4:2:0"), float(sub == "4:2:2"), float(bool(rec.get("exif"))),
             float(w), float(h), w / max(h, 1), float(w * h),
@@ -124,18 +148,37 @@ def features(rec: Dict[str, Any]) -> List[float]:
 
 def metadata_ap(records: Sequence[Dict[str, Any]], labels: Sequence[int], seed: int = 0) -> Optional[float]:
     """Cross-validated AP (fake positive) of a random forest on header features alone; None when a
-    class has fewer than 2 readable files."""
+    class has fewer than 2 readable files.
+
+    Files whose header features are identical while both classes have them form one group and stay in
+    one fold (StratifiedGroupKFold): otherwise a real file's identical twin labelled fake sits in the
+    training folds and the forest learns the opposite label, which drives AP below chance. (Identical
+    headers that only one class has stay apart: that is the shortcut the audit looks for.) With grouping, headers that carry no
+    information give AP near the share of fakes (0.5 for balanced classes), and a value below that is
+    noise, not a signal."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import average_precision_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold
 
     y = np.asarray(labels, dtype=np.int64)
     if min((y == 0).sum(), (y == 1).sum()) < 2:
         return None
     x = np.asarray([features(r) for r in records], dtype=np.float64)
-    folds = StratifiedKFold(n_splits=int(min(5, (y == 0).sum(), (y == 1).sum())), shuffle=True, random_state=seed)
-    clf = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=seed, n_jobs=1)
-    p = cross_val_predict(clf, x, y, cv=folds, method="predict_proba")[:, 1]
+    _, vec = np.unique(x, axis=0, return_inverse=True)
+    vec = vec.reshape(-1)
+    mixed = np.bincount(vec, weights=y, minlength=vec.max() + 1)
+    mixed = (mixed > 0) & (mixed < np.bincount(vec))  # header vectors that both classes have
+    groups = np.where(mixed[vec], vec, vec.max() + 1 + np.arange(len(y)))
+    k = int(min(5, len(np.unique(groups))))
+    if k < 2:  # every file has the same header features: they cannot tell the classes apart
+        return float(average_precision_score(y, np.full(len(y), 0.5)))
+    p = np.empty(len(y))
+    for train, test in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, groups):
+        if len(np.unique(y[train])) < 2:
+            p[test] = y[train].mean()
+            continue
+        clf = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=seed, n_jobs=1)
+        p[test] = clf.fit(x[train], y[train]).predict_proba(x[test])[:, 1]
     return float(average_precision_score(y, p))
 
 
@@ -155,6 +198,10 @@ def describe(records: Sequence[Dict[str, Any]], top: int = 3) -> Dict[str, Any]:
                          "standard_tables": sum(bool(r.get("jpeg_exact")) for r in jpeg)},
         "subsampling": dict(Counter(r.get("subsampling") for r in jpeg).most_common()),
         "exif": sum(bool(r.get("exif")) for r in ok) / len(ok),
+        "modes": dict(Counter(r.get("mode") for r in ok).most_common()),
+        "bits": dict(Counter(str(r.get("bits")) for r in ok).most_common()),
+        "icc": sum(bool(r.get("icc")) for r in ok) / len(ok),
+        "text_keys": dict(Counter(k for r in ok for k in r.get("text_keys") or ()).most_common(top + 2)),
         "sizes": [[f"{w}x{h}", c] for (w, h), c in Counter((r["width"], r["height"]) for r in ok).most_common(top)],
         "distinct_sizes": len({(r["width"], r["height"]) for r in ok}),
         "min_side": int(sides.min()), "max_side": int(sides.max()),
@@ -216,6 +263,10 @@ def format_audit(result: Dict[str, Any], title: str = "") -> str:
                   _row("JPEG quality (mean; top)", r, f, lambda d: "-" if d["jpeg_quality"]["mean"] is None else
                        f"{d['jpeg_quality']['mean']:.0f}; " + ", ".join(f"q{q}: {c}" for q, c in d["jpeg_quality"]["top"])),
                   _row("chroma subsampling", r, f, lambda d: _fmt_counts(d["subsampling"])),
+                  _row("colour modes", r, f, lambda d: _fmt_counts(d.get("modes"))),
+                  _row("bits per sample", r, f, lambda d: _fmt_counts(d.get("bits"))),
+                  _row("ICC profile", r, f, lambda d: f"{100 * d.get('icc', 0):.0f}%"),
+                  _row("text-chunk keys (files)", r, f, lambda d: _fmt_counts(d.get("text_keys"))),
                   _row("EXIF", r, f, lambda d: f"{100 * d['exif']:.0f}%"),
                   _row("top sizes", r, f, lambda d: ", ".join(f"{s} ({c})" for s, c in d["sizes"])),
                   _row("distinct sizes", r, f, lambda d: str(d["distinct_sizes"])),
@@ -230,7 +281,8 @@ def get_args_parser():
     p.add_argument("--bench", required=True, choices=BENCHES)
     p.add_argument("--root", default=None)
     p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos (RAISE)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default=None,
+                   help="the benchmark's split (default: the one evaluate.py scores, e.g. test for wildrf and mini)")
     p.add_argument("--subsets", nargs="*", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=2, help="header-reading processes (0: in this process)")

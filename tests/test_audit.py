@@ -92,3 +92,60 @@ def test_audit_cli_writes_json_and_markdown(tmp_path):
     assert data["subsets"]["gen"]["fake"]["unreadable"] == 1
     md = (tmp_path / "out" / "audit.md").read_text()
     assert "a shortcut exists" in md and "| formats | JPEG 12 | PNG 12 |" in md
+
+
+def _pair_tree(root, fake_save, n=12):
+    """Reals as RGB PNGs of one size; fakes of the same size and format, saved by `fake_save`."""
+    for label in ("0_real", "1_fake"):
+        os.makedirs(os.path.join(root, "gen", label))
+    for i in range(n):
+        a = smooth_noise(64, 64, i)
+        Image.fromarray(a).save(os.path.join(root, "gen", "0_real", f"{i}.png"))
+        fake_save(Image.fromarray(smooth_noise(64, 64, 100 + i)), os.path.join(root, "gen", "1_fake", f"{i}.png"))
+
+
+def test_colour_mode_bit_depth_and_text_chunks_are_features(tmp_path):
+    from PIL import PngImagePlugin
+
+    # palette PNGs (4 bits) against RGB PNGs of one size: a shortcut the format and size cannot show
+    _pair_tree(str(tmp_path / "pal"), lambda im, p: im.convert("P", colors=16).save(p, bits=4))
+    s = audit(load_benchmark("folder", str(tmp_path / "pal")))["subsets"]["gen"]
+    assert s["shortcut"] and s["fake"]["modes"] == {"P": 12} and s["real"]["modes"] == {"RGB": 12}
+    assert s["fake"]["bits"] == {"4": 12} and s["real"]["bits"] == {"8": 12}
+
+    # generation parameters in a text chunk
+    def with_text(im, p):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", "a photo of a cat, Steps: 20")
+        im.save(p, pnginfo=info)
+
+    _pair_tree(str(tmp_path / "txt"), with_text)
+    s = audit(load_benchmark("folder", str(tmp_path / "txt")))["subsets"]["gen"]
+    assert s["shortcut"] and s["fake"]["text_keys"] == {"parameters": 12} and s["real"]["text_keys"] == {}
+    rec = read_header(str(tmp_path / "txt" / "gen" / "1_fake" / "0.png"))
+    assert rec["text_keys"] == ["parameters"] and rec["icc"] is False and rec["bits"] == 8
+
+
+def test_identical_headers_stay_in_one_fold(tmp_path):
+    # byte-identical real/fake pairs: headers carry nothing, so AP is the share of fakes, not below it
+    import shutil
+
+    _pair_tree(str(tmp_path), lambda im, p: None)
+    for i in range(12):
+        shutil.copyfile(tmp_path / "gen" / "0_real" / f"{i}.png", tmp_path / "gen" / "1_fake" / f"{i}.png")
+    s = audit(load_benchmark("folder", str(tmp_path)))["subsets"]["gen"]
+    assert abs(s["metadata_ap"] - 0.5) < 1e-9 and not s["shortcut"]
+
+
+def test_audit_defaults_to_the_split_evaluate_scores(tmp_path):
+    from fitgap.audit import main
+
+    for folder, n in (("val", 2), ("test/reddit", 3)):
+        for label in ("0_real", "1_fake"):
+            d = tmp_path / "wild" / folder / label
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(smooth_noise(32, 32, i)).save(d / f"{i}.png")
+    res = main(["--bench", "wildrf", "--root", str(tmp_path / "wild"), "--out", str(tmp_path / "out"),
+                "--workers", "0"])
+    assert "reddit" in res["subsets"] and res["subsets"]["reddit"]["real"]["n"] == 3
