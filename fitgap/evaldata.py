@@ -23,25 +23,50 @@ from .errors import InputError
 RESIZE_KERNELS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
 # PIL's filters (antialiased when shrinking: the filter support grows with the scale)
 _PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-                "lanczos": Image.LANCZOS, "area": Image.BOX}
+                "lanczos": Image.LANCZOS}  # area: fitgap's own exact area averaging (area_average)
 ANTIALIAS_CHOICE = ("bilinear", "bicubic")  # kernels with an antialias switch
 
 
 def resize_array(a: np.ndarray, factor: float, kernel: str = "bilinear", antialias: bool = True) -> np.ndarray:
     """Resize uint8 HWC by `factor` (output side = round(side * factor), at least 1).
 
-    antialias=True (and nearest, lanczos, area): PIL's convention, `Image.resize` with that filter
-    (area = PIL's BOX, which equals OpenCV's INTER_AREA when shrinking). antialias=False (bilinear,
-    bicubic only): the OpenCV INTER_LINEAR / INTER_CUBIC convention, i.e. torch `F.interpolate` with
-    half-pixel centres, `antialias=False` (bicubic a = -0.75), rounded to the nearest integer."""
+    antialias=True (and nearest, lanczos): PIL's convention, `Image.resize` with that filter.
+    area: true area averaging (every output pixel is the mean of the input over its footprint, partly
+    covered pixels weighted by the part covered), which is OpenCV's INTER_AREA when shrinking by any
+    factor (PIL's BOX filter equals it only for integer factors). antialias=False (bilinear, bicubic
+    only): the OpenCV INTER_LINEAR / INTER_CUBIC convention, i.e. torch `F.interpolate` with half-pixel
+    centres, `antialias=False` (bicubic a = -0.75), rounded to the nearest integer."""
     h, w = a.shape[:2]
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if kernel == "area":
+        out = area_average(area_average(a.astype(np.float64), size[0], axis=1), size[1], axis=0)
+        return np.ascontiguousarray(np.rint(out).clip(0, 255).astype(np.uint8))
     if antialias or kernel not in ANTIALIAS_CHOICE:
         return np.ascontiguousarray(np.asarray(Image.fromarray(a).resize(size, _PIL_FILTERS[kernel])))
     t = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float()  # a copy: PIL arrays are read-only
     t = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode=kernel, align_corners=False,
                                         antialias=False)
     return np.ascontiguousarray(t[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def area_average(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Area resampling of float `a` to `n_out` samples along `axis`: output i is the mean of the input
+    (a step function, one step per pixel) over [i s, (i + 1) s), s = n_in / n_out, computed exactly
+    from the running integral of the input (O(n), no weight matrix)."""
+    a = np.moveaxis(a, axis, 0)
+    n = a.shape[0]
+    integral = np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])  # S(j), j = 0..n
+
+    def S(x):  # the integral from 0 to x (0 <= x <= n) of the step function
+        j = np.minimum(np.floor(x).astype(np.int64), n - 1)
+        frac = (x - j).reshape((-1,) + (1,) * (a.ndim - 1))
+        return integral[j] + frac * a[j]
+
+    edges = np.arange(n_out + 1, dtype=np.float64) * (n / n_out)
+    edges[-1] = n
+    s = S(edges)
+    out = (s[1:] - s[:-1]) / np.diff(edges).reshape((-1,) + (1,) * (a.ndim - 1))
+    return np.moveaxis(out, 0, axis)
 
 
 def encode_decode(a: np.ndarray, fmt: str, quality: Optional[int] = None) -> np.ndarray:

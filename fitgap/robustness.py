@@ -6,7 +6,8 @@ resizing and compression history of a file?
 
 Every image (real and fake identically) is scored at native resolution and under each condition:
 - resize by each factor (default 0.5 0.75 0.9 1.1 1.25 1.5) with each kernel: nearest, bilinear,
-  bicubic, lanczos, area (PIL's filters, antialiased when shrinking), plus bilinear-noaa and
+  bicubic, lanczos (PIL's filters, antialiased when shrinking), area (exact area averaging, OpenCV
+  INTER_AREA when shrinking), plus bilinear-noaa and
   bicubic-noaa (OpenCV INTER_LINEAR / INTER_CUBIC convention: torch `F.interpolate`, half-pixel
   centres, no antialiasing);
 - JPEG quality (default 100 95 90 75 50), WebP quality (default 90 75), Gaussian blur sigma.
@@ -50,7 +51,7 @@ CONVENTION = {"nearest": "PIL NEAREST", "bilinear": "PIL BILINEAR (antialiased)"
               "bilinear-noaa": "OpenCV INTER_LINEAR = torch bilinear, antialias=False",
               "bicubic": "PIL BICUBIC (antialiased)",
               "bicubic-noaa": "OpenCV INTER_CUBIC = torch bicubic, antialias=False (a=-0.75)",
-              "lanczos": "PIL LANCZOS (antialiased)", "area": "PIL BOX = OpenCV INTER_AREA when shrinking"}
+              "lanczos": "PIL LANCZOS (antialiased)", "area": "area averaging = OpenCV INTER_AREA when shrinking"}
 
 
 @dataclass(frozen=True)

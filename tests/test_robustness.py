@@ -27,9 +27,20 @@ def test_resize_conventions_match_opencv():
         assert d.max() <= 1, f
         d = np.abs(cub.astype(int) - cv2.resize(a, size, interpolation=cv2.INTER_CUBIC).astype(int))
         assert d[2:-2, 2:-2].max() <= 1, f
-    even = smooth_noise(64, 80, 4)
-    area = resize_array(even, 0.5, "area")
-    assert np.abs(area.astype(int) - cv2.resize(even, (40, 32), interpolation=cv2.INTER_AREA).astype(int)).max() <= 1
+    # area = OpenCV INTER_AREA at every shrinking default factor, on even and odd sizes
+    from fitgap.robustness import FACTORS
+
+    for h, w in ((64, 80), (61, 83), (37, 101)):
+        img = (np.random.default_rng(h).random((h, w, 3)) * 255).astype(np.uint8)  # texture: no averaging hides errors
+        for f in [f for f in FACTORS if f < 1] + [1 / 3, 0.3]:
+            size = (round(w * f), round(h * f))
+            area = resize_array(img, f, "area")
+            ref = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            assert area.shape == ref.shape and np.abs(area.astype(int) - ref.astype(int)).max() <= 1, (h, w, f)
+    # enlarging: coverage-weighted too (a mean of the pixels under the footprint: never outside their range)
+    up = resize_array(img, 1.5, "area")
+    assert up.shape == (round(37 * 1.5), round(101 * 1.5), 3)
+    assert np.array_equal(resize_array(img, 2.0, "area"), np.repeat(np.repeat(img, 2, 0), 2, 1))
     # shrinking with and without antialiasing differs; enlarging does not depend on it
     assert not np.array_equal(resize_array(a, 0.5, "bilinear"), resize_array(a, 0.5, "bilinear", False))
     with pytest.raises(ValueError, match="antialias"):
