@@ -201,14 +201,18 @@ def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 
 class EvalDataset(Dataset):
-    """(path, label) -> (uint8 crops [K, 3, h, w], label, index, error); unreadable files give
-    crops=None. The scorer normalises the crops, chunk by chunk (fitgap.detector.score_logits)."""
+    """(path, label) -> (uint8 crops [K, 3, h, w], label, index, error); unreadable files, and images
+    smaller than `min_side` (the encoder's smallest input) on a side, give crops=None with the reason. The scorer normalises the crops, chunk by chunk (fitgap.detector.score_logits)."""
 
     def __init__(self, items: Sequence[Tuple[str, int]], crop: int, mode: str,
-                 perturb: Perturbation = Perturbation()):
+                 perturb: Perturbation = Perturbation(), min_side: int = 1):
         if mode not in ("center", "tiles"):
             raise InputError(f"--crop: center or tiles, got {mode!r}")
+        if crop < max(1, min_side):
+            raise InputError(f"crop size {crop} px is smaller than the encoder's smallest input ({min_side} px)"
+                             if crop >= 1 else f"crop size must be >= 1 px, got {crop}")
         self.items, self.crop, self.mode, self.perturb = items, crop, mode, perturb
+        self.min_side = min_side  # images whose crop would be smaller are skipped (the encoder's minimum)
 
     def __len__(self):
         return len(self.items)
@@ -219,6 +223,8 @@ class EvalDataset(Dataset):
             a = self.perturb(decode_rgb(path))
         except ImageError as exc:
             return None, label, i, str(exc)
+        if min(a.shape[:2]) < self.min_side:
+            return None, label, i, f"too small for the encoder: {a.shape[1]}x{a.shape[0]} < {self.min_side} px"
         crops = [center_crop(a, self.crop)] if self.mode == "center" else tiles(a, self.crop)
         return stack_uint8(crops), label, i, ""
 

@@ -21,6 +21,7 @@ from . import distributed as D
 from .benchmarks import Subset, load_benchmark
 from .checkpoint import atomic_write_text
 from .detector import MAX_CROPS, load_detector, score_crops
+from .models import min_input_side
 from .evaldata import EvalDataset, Perturbation, collate_eval
 from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
 from .errors import InputError, MissingInput
@@ -34,7 +35,7 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
     Returns (scores {index: p_fake}, skipped {index: reason}); an image whose score is not finite
     (NaN logits) is skipped with the reason NON_FINITE, so that everything else is still reported."""
     mine = list(range(info.rank, len(items), info.world_size))
-    ds = EvalDataset([items[i] for i in mine], crop, mode, perturb)
+    ds = EvalDataset([items[i] for i in mine], crop, mode, perturb, min_side=min_input_side(model))
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores, skipped = {}, {}
     for group in tqdm(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):

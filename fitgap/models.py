@@ -163,6 +163,12 @@ def encoder_from_config(model_cfg) -> nn.Module:
                          model_cfg.get("pool_grid", 1))
 
 
+def min_input_side(model: nn.Module) -> int:
+    """The smallest crop side `model` accepts: the phase-statistics encoder needs at least one block
+    (s x s pixels); the timm backbones take any size."""
+    return max([m.block for m in model.modules() if isinstance(m, PhaseStats)] + [1])
+
+
 class ContrastiveModel(nn.Module):
     """encoder -> MLP projection -> L2 normalisation."""
 

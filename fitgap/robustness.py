@@ -91,9 +91,11 @@ class SweepDataset(Dataset):
     """(path, label) -> ([crops of native, crops of condition 1, ...], index, error). One decode per
     image; every condition is applied to the same decoded pixels."""
 
-    def __init__(self, items, conds: Sequence[Condition], crop: int, mode: str, reencode: Optional[str] = None):
+    def __init__(self, items, conds: Sequence[Condition], crop: int, mode: str, reencode: Optional[str] = None,
+                 min_side: int = 1):
         self.items, self.conds, self.crop, self.mode = items, list(conds), crop, mode
         self.base = Perturbation(reencode=reencode)
+        self.min_side = min_side  # the encoder's smallest input: an image below it under any condition is skipped
 
     def __len__(self):
         return len(self.items)
@@ -106,11 +108,13 @@ class SweepDataset(Dataset):
             raw = decode_rgb(self.items[i][0])
         except ImageError as exc:
             return None, i, str(exc)
-        native = self.base(raw)
-        crops = [self._crops(native)]
-        for c in self.conds:
-            crops.append(self._crops(c.perturb(raw)))  # reencode is part of each condition's perturbation
-        return crops, i, ""
+        images = [self.base(raw)] + [c.perturb(raw) for c in self.conds]  # reencode is in each condition
+        small = [k for k, a in enumerate(images) if min(a.shape[:2]) < self.min_side]
+        if small:
+            a = images[small[0]]
+            where = "native" if small[0] == 0 else self.conds[small[0] - 1].name
+            return None, i, f"too small for the encoder ({where}): {a.shape[1]}x{a.shape[0]} < {self.min_side} px"
+        return [self._crops(a) for a in images], i, ""
 
 
 def flip_stats(native: np.ndarray, cond: np.ndarray, threshold: float = 0.5) -> Dict[str, Optional[float]]:
@@ -142,7 +146,9 @@ def sweep_subset(model, items, conds: Sequence[Condition], crop: int, mode: str,
                  batch: int = 16, workers: int = 2, amp: str = "none", reencode: Optional[str] = None,
                  desc: str = ""):
     """Scores [n_images, 1 + n_conditions] (NaN for unreadable images or non-finite scores)."""
-    ds = SweepDataset(items, conds, crop, mode, reencode)
+    from .models import min_input_side
+
+    ds = SweepDataset(items, conds, crop, mode, reencode, min_side=min_input_side(model))
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores = np.full((len(items), 1 + len(conds)), np.nan)
     errors: Dict[int, str] = {}

@@ -304,3 +304,46 @@ def test_the_same_finetuning_twice_gives_the_same_logits_bit_for_bit(tree, pretr
     a = torch.load(tmp_path / "first" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "second" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_detect_names_non_finite_scores_and_exits_1(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "nan", pretrained, "train.epochs=1"))
+    saved = torch.load(tmp_path / "nan" / "best.pt", weights_only=True)
+    saved["model"]["classifier.bias"].fill_(float("nan"))
+    torch.save(saved, tmp_path / "nan.pt")
+    folder = os.path.join(tree, "a", "0_real")
+    r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "nan.pt"), folder, "--device", "cpu", "--json"],
+            check=False)
+    assert r.returncode == 1, r.stderr[-2000:]
+
+    def refuse(c):
+        raise ValueError(c)
+
+    rows = [json.loads(x, parse_constant=refuse) for x in r.stdout.splitlines()]  # strict JSON: no NaN
+    assert len(rows) == 6 and all(x["p_fake"] is None and x["label"] is None and x["error"] == "non-finite score"
+                                  for x in rows)
+    assert "6 of 6 file(s) not scored" in r.stderr
+    r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "nan" / "best.pt"), folder, "--device", "cpu"])
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 7
+    r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "nan" / "best.pt"), folder, "--size", "0"], check=False)
+    assert r.returncode == 2 and "--size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_images_smaller_than_the_phase_encoder_block_are_skipped_and_named(tmp_path):
+    from fitgap.benchmarks import load_benchmark
+    from fitgap.evaluate import evaluate_subsets
+    from fitgap.models import Detector, min_input_side
+
+    make_tree(str(tmp_path), subsets=("a",), n=3)
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "a" / "0_real" / "thumb.png")
+    torch.manual_seed(0)
+    model = Detector(build_encoder("fitgap_phase_stats12")).eval()
+    assert min_input_side(model) == 12 and min_input_side(Detector(build_encoder("test_resnet"))) == 1
+    res = evaluate_subsets(model, load_benchmark("folder", str(tmp_path)), 24, "center", [0.5] * 3, [0.25] * 3,
+                           Perturbation(), "cpu", batch=4, workers=0)
+    row = res["rows"][0]
+    assert row["n"] == 6 and row["skipped"] == 1 and row["skipped_files"][0].endswith("thumb.png")
+    err = [e for _, p, _, _, e in res["_scores"] if p.endswith("thumb.png")][0]
+    assert "too small for the encoder: 1x1 < 12 px" in err
+    with pytest.raises(ValueError, match="smaller than the encoder's smallest input"):
+        EvalDataset([], 8, "center", Perturbation(), min_side=12)
