@@ -36,7 +36,7 @@ def load_detector(path: str, device) -> Tuple[Detector, Dict[str, Any]]:
         raise InputError(f"--ckpt: {path} is not a detector checkpoint (kind={saved.get('kind')!r}); "
                          "fine-tune a pre-trained encoder with finetune.py first")
     cfg = saved["config"]
-    model = Detector(encoder_from_config(cfg["model"]))
+    model = Detector(encoder_from_config(cfg["model"], load_weights=False))  # every weight is in the file
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), cfg
 
@@ -92,7 +92,7 @@ def load_encoder(path: str, device):
     cfg = saved.get("config", {})
     if "model" not in cfg:
         raise InputError(f"--ckpt: {path} has no model description in its config")
-    encoder = encoder_from_config(cfg["model"])
+    encoder = encoder_from_config(cfg["model"], load_weights=False)  # every weight is in the checkpoint
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)}
     encoder.load_state_dict(state)

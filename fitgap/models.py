@@ -156,9 +156,12 @@ class Encoder(nn.Module):
         return F.adaptive_avg_pool2d(f, self.pool_grid).flatten(1)
 
 
-def encoder_from_config(model_cfg) -> nn.Module:
+def encoder_from_config(model_cfg, load_weights: bool = True) -> nn.Module:
+    """The encoder a config describes. load_weights=False leaves model.weights unread: for an encoder
+    whose weights come from a checkpoint next (a checkpoint holds every weight and never needs the file
+    its run started from)."""
     return build_encoder(model_cfg["backbone"], model_cfg.get("pretrained", False),
-                         model_cfg.get("weights"), model_cfg.get("stem_stride"),
+                         model_cfg.get("weights") if load_weights else None, model_cfg.get("stem_stride"),
                          model_cfg.get("highpass", False), model_cfg.get("stem_pool", True),
                          model_cfg.get("pool_grid", 1))
 

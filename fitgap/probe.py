@@ -137,12 +137,23 @@ def majority_rate(labels: np.ndarray) -> float:
 
 def initial_encoder(cfg: Dict[str, Any], device) -> torch.nn.Module:
     """The encoder a pre-training run started from: the same architecture initialised with the run's
-    seed (or model.weights when given), without touching the caller's random state."""
+    seed (or model.weights when given and still there; when it is gone, the seeded architecture, with
+    a note as `.initial_note`), without touching the caller's random state (CPU and CUDA generators:
+    fork_rng restores them all)."""
+    import sys
+
     from .models import encoder_from_config
 
-    with torch.random.fork_rng(devices=[]):
+    weights = cfg["model"].get("weights")
+    gone = bool(weights) and not os.path.isfile(weights)
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
         torch.manual_seed(cfg.get("seed", 0))
-        return encoder_from_config(cfg["model"]).to(device)
+        encoder = encoder_from_config(cfg["model"], load_weights=not gone).to(device)
+    if gone:
+        encoder.initial_note = (f"model.weights {weights} no longer exists: 'before pre-training' is the same "
+                                f"architecture initialised with seed {cfg.get('seed', 0)}")
+        print(f"warning: {encoder.initial_note}", file=sys.stderr, flush=True)
+    return encoder
 
 
 def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = None) -> Dict[str, Any]:
@@ -160,8 +171,11 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
             p["patches"], p["window"], cfg["plan"]["quantize"], mean, std, p.get("seed", 0))
     report = probe_encoder(encoder, *args)
     if p.get("baseline", True) if baseline is None else baseline:
-        base = probe_encoder(initial_encoder(cfg, device), *args)
+        start = initial_encoder(cfg, device)
+        base = probe_encoder(start, *args)
         report["initial"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"], "phase": base["phase"]}
+        if getattr(start, "initial_note", None):
+            report["initial"]["note"] = start.initial_note
     return report
 
 

@@ -347,3 +347,29 @@ def test_images_smaller_than_the_phase_encoder_block_are_skipped_and_named(tmp_p
     assert "too small for the encoder: 1x1 < 12 px" in err
     with pytest.raises(ValueError, match="smaller than the encoder's smallest input"):
         EvalDataset([], 8, "center", Perturbation(), min_side=12)
+
+
+def test_checkpoints_never_reread_the_weights_file_their_run_started_from(tmp_path):
+    from fitgap.detector import load_detector, load_encoder
+    from fitgap.models import Detector
+    from fitgap.probe import initial_encoder
+
+    torch.manual_seed(1)
+    start = build_encoder("test_resnet")
+    weights = tmp_path / "imagenet.pth"
+    torch.save(start.backbone.state_dict(), weights)
+    model_cfg = dict(MODEL, weights=str(weights))
+    det = Detector(build_encoder("test_resnet", weights=str(weights)))
+    cfg = {"model": model_cfg, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}, "seed": 0}
+    ckpt.atomic_save({"model": det.state_dict(), "config": cfg, "kind": "detector"}, str(tmp_path / "det.pt"))
+    assert torch.equal(next(initial_encoder(cfg, "cpu").parameters()), next(start.parameters()))
+    os.remove(weights)  # the file the run started from is gone
+    loaded, _ = load_detector(str(tmp_path / "det.pt"), "cpu")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), det.eval()(x))
+    enc, _ = load_encoder(str(tmp_path / "det.pt"), "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), det.encoder.state_dict().values()))
+    # the probe's "before pre-training" baseline says what it is instead of failing
+    fresh = initial_encoder(cfg, "cpu")
+    assert "no longer exists" in fresh.initial_note
