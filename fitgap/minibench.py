@@ -31,7 +31,7 @@ from .photos import HELDOUT, TRAIN, photo_path
 FAMILIES = ("tconv", "nearest", "pshuffle")
 DEFAULT_CACHE = os.path.join(".cache", "minibench")
 TILE = 128
-VERSION = 2
+VERSION = 3  # 3: the stereo partner motorcycle_right moved from test to train
 
 
 def _up(kind: str, cin: int, cout: int) -> nn.Module:

@@ -373,3 +373,21 @@ def test_checkpoints_never_reread_the_weights_file_their_run_started_from(tmp_pa
     # the probe's "before pre-training" baseline says what it is instead of failing
     fresh = initial_encoder(cfg, "cpu")
     assert "no longer exists" in fresh.initial_note
+
+
+def test_no_held_out_photo_shares_a_scene_with_a_training_photo(tmp_path):
+    from fitgap.photos import HELDOUT, TRAIN, export_photos
+
+    assert not set(TRAIN) & set(HELDOUT)
+    stems = {}
+    for name in TRAIN + HELDOUT:  # one scene shot twice (a stereo pair: x_left / x_right) is one side
+        stem = os.path.splitext(name)[0].rsplit("_", 1)
+        if len(stem) == 2 and stem[1] in ("left", "right"):
+            stems.setdefault(stem[0], set()).add(name in TRAIN)
+    assert stems and all(len(sides) == 1 for sides in stems.values()), stems
+    # an export made by the old split is brought in line: no photo left on the wrong side
+    os.makedirs(tmp_path / "heldout")
+    (tmp_path / "heldout" / "motorcycle_right.png").write_bytes(b"old split")
+    folders = export_photos(str(tmp_path))
+    assert sorted(os.listdir(folders["heldout"])) == sorted(HELDOUT)
+    assert sorted(os.listdir(folders["train"])) == sorted(TRAIN)
