@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from .progress import progress
 
 from .data import ImageError, decode_rgb, list_images
 from .evaldata import center_crop, to_tensor
@@ -47,7 +47,7 @@ def similarity_of_crops(encoder, crops: Sequence[torch.Tensor], patch: int, coun
     was = encoder.training
     encoder.eval()
     total = torch.zeros(count, count, dtype=torch.float64)
-    for t in tqdm(crops, desc=desc, leave=False, dynamic_ncols=True):
+    for t in progress(crops, desc=desc, leave=False, dynamic_ncols=True):
         patches = torch.stack([t[:, i:i + patch, i:i + patch] for i in range(count)])
         feats = torch.cat([encoder(patches[i:i + batch].to(device)).float().cpu()
                            for i in range(0, count, batch)])
@@ -357,12 +357,15 @@ def get_args_parser():
 
 
 def main(argv=None):
+    from .cli import run_main
+
     args = get_args_parser().parse_args(argv)
-    try:
-        return run_similarity(args) if args.cmd == "similarity" else run_tsne(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    for name in ("n", "crop", "patch", "count"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            print(f"error: --{name}: must be >= 1, got {v}", file=sys.stderr)
+            sys.exit(2)
+    return run_main(run_similarity if args.cmd == "similarity" else run_tsne, args)
 
 
 if __name__ == "__main__":

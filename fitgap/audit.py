@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
-from tqdm import tqdm
+from .progress import progress
 
 from .benchmarks import BENCHES, Subset, load_benchmark
 from .checkpoint import atomic_write_text
@@ -123,9 +123,9 @@ def read_headers(paths: Sequence[str], workers: int = 0, desc: str = "", min_par
     """read_header of every path; `workers` processes when there are more than `min_parallel` paths."""
     if workers > 0 and len(paths) > min_parallel:
         with ProcessPoolExecutor(workers) as ex:
-            return list(tqdm(ex.map(read_header, paths, chunksize=256), total=len(paths), desc=desc,
+            return list(progress(ex.map(read_header, paths, chunksize=256), total=len(paths), desc=desc,
                              leave=False, dynamic_ncols=True))
-    return [read_header(p) for p in tqdm(paths, desc=desc, leave=False, dynamic_ncols=True)]
+    return [read_header(p) for p in progress(paths, desc=desc, leave=False, dynamic_ncols=True)]
 
 
 def features(rec: Dict[str, Any]) -> List[float]:

@@ -63,20 +63,25 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load(path: str, map_location: Optional[str] = "cpu") -> Dict[str, Any]:
+def load(path: str, map_location: Optional[str] = "cpu", resuming: bool = False) -> Dict[str, Any]:
+    """torch.load(weights_only=True) with one-line errors. `resuming`: the caller is a training run about
+    to continue from `path` (the advice then is about resuming); every other caller only reads it."""
     if not os.path.isfile(path):
         raise MissingInput(f"checkpoint {path!r} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say what to do, in one line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot read checkpoint {path!r} ({reason}); {_what_to_do(path)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({reason}); {_what_to_do(path, resuming)}") from None
 
 
-def _what_to_do(path: str) -> str:
+def _what_to_do(path: str, resuming: bool) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     copies = sorted(f for f in os.listdir(folder) if f.endswith(".pt") and f != os.path.basename(path)
                     and not f.startswith(".tmp-")) if os.path.isdir(folder) else []
+    if not resuming:
+        return ("it is truncated or not a fitgap checkpoint: copy it again from where it was written"
+                + (f", or read another one of {folder}: {', '.join(copies)}" if copies else ""))
     where = (f"other checkpoints in {folder}: {', '.join(copies)} (copy one over {os.path.basename(path)} "
              "to resume from it)" if copies else f"no other checkpoint in {folder}")
     return f"{where}; or start afresh with another name= (or remove {folder})"
@@ -146,7 +151,7 @@ def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str],
     checkpoint's config lacks (added to the project later) count as their `defaults` value."""
     if not os.path.exists(path):
         return
-    old = load(path).get("config", {})
+    old = load(path, resuming=True).get("config", {})
     if defaults:
         old, cfg = with_defaults(old, defaults), with_defaults(cfg, defaults)
     changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
@@ -161,7 +166,7 @@ def restore_training(path: str, model, optimizer, scaler, rank: int = 0) -> Dict
     """Load what save_training wrote into model/optimizer/scaler and this rank's RNG state (rank 0's
     when the checkpoint holds fewer ranks); returns the dict. (Runs call check_resumable on the same
     path before they write anything.)"""
-    saved = load(path)
+    saved = load(path, resuming=True)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

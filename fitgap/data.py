@@ -29,6 +29,19 @@ class ImageError(Exception):
     """An image that cannot be used; str() is the reason."""
 
 
+def retry_stride(n: int, base: int = 7919) -> int:
+    """The step between the candidates tried in place of an unusable image: coprime with n, so the
+    candidates of any start visit every image before one repeats (7919 itself retried the same few
+    images of a dataset whose size is a multiple of it)."""
+    import math
+
+    s = base % n if n > 1 else 1
+    s = s or 1
+    while math.gcd(s, n) != 1:
+        s += 1
+    return s
+
+
 def list_images(source: str) -> List[str]:
     """All image files under a folder (recursive, sorted), or the paths listed in a file (text: one a
     line, '#' comments; CSV; .npy), relative paths resolved against the file's folder."""
@@ -161,7 +174,7 @@ class WindowDataset(Dataset):
         skipped = []
         n = len(self.paths)
         for k in range(min(self.max_tries, n)):
-            path = self.paths[(index + k * 7919) % n]
+            path = self.paths[(index + k * retry_stride(n)) % n]
             try:
                 img = self.decode(path)
             except ImageError as exc:

@@ -98,6 +98,24 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def decided_by_rank0(fn, *args, **kwargs):
+    """fn(*args) computed on rank 0 alone and broadcast: every rank gets rank 0's result, or raises the
+    project error rank 0 met (never a hang, never ranks that disagree). For what every rank must see the
+    same of: a benchmark's listing, a checkpoint choice."""
+    from .errors import FitgapError
+
+    result, error = None, None
+    if get_rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except FitgapError as exc:
+            error = exc
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
-from .data import ImageError, decode_rgb
+from .data import ImageError, decode_rgb, retry_stride
 from .errors import InputError
 
 
@@ -258,7 +258,7 @@ class TrainCrops(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         skipped = []
         for k in range(min(16, len(self.items))):
-            path, label = self.items[(i + k * 7919) % len(self.items)]
+            path, label = self.items[(i + k * retry_stride(len(self.items))) % len(self.items)]
             try:
                 a = decode_rgb(path)
             except ImageError as exc:

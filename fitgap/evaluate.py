@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from .progress import progress
 
 from . import distributed as D
 from .benchmarks import Subset, load_benchmark
@@ -38,7 +38,7 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
     ds = EvalDataset([items[i] for i in mine], crop, mode, perturb, min_side=min_input_side(model))
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores, skipped = {}, {}
-    for group in tqdm(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):
+    for group in progress(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):
         ok = [g for g in group if g[0] is not None]
         for g in group:
             if g[0] is None:
@@ -316,7 +316,9 @@ def run(args) -> Dict[str, Any]:
     check_out_dir(out, args.threshold_from)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
-    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
+    # rank 0 lists, every rank scores its share of that one listing (scores are matched by index)
+    subsets = D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
+                                 real_root=args.real_root)
     crop = args.size or cfg["eval"]["size"] or cfg["patch"]
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
+from .progress import progress
 
 from . import checkpoint as ckpt
 from . import config as C
@@ -91,7 +91,8 @@ def fewshot_sample(items: List[Tuple[str, int]], k: int, seed: int) -> List[Tupl
 def build_data(cfg: Dict[str, Any]):
     """(train items, val subsets) from the config's benchmark."""
     d = cfg["data"]
-    subsets = load_benchmark(d["bench"], d["root"], d["split"], d["subsets"])
+    # rank 0 lists and broadcasts: every rank splits and samples the same listing
+    subsets = D.decided_by_rank0(load_benchmark, d["bench"], d["root"], d["split"], d["subsets"])
     bad = [s.name for s in subsets if s.status != "ok"]
     if bad:
         raise C.ConfigError(f"data.subsets: {', '.join(bad)} missing or empty under {d['root']!r} "
@@ -146,7 +147,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
         model.module.encoder.eval() if hasattr(model, "module") else model.encoder.eval()
     t = cfg["train"]
     losses, skipped, t0, seen = [], [], time.perf_counter(), 0
-    for x, y, sk in tqdm(loader, desc=f"epoch {state['epoch']}", disable=not info.is_main, leave=False,
+    for x, y, sk in progress(loader, desc=f"epoch {state['epoch']}", disable=not info.is_main, leave=False,
                          dynamic_ncols=True):
         if state["step"] >= len(schedule):
             break

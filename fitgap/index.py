@@ -147,6 +147,17 @@ def _read_list_file(path: str, root: Optional[str]) -> Tuple[List[str], str]:
     file's folder)."""
     base = root or os.path.dirname(os.path.abspath(path))
     low = path.lower()
+    if low.endswith(tuple(IMAGE_EXTENSIONS)):
+        raise InputError(f"{path} is an image: give the folder that holds it, or a list file of image paths "
+                         "(text, CSV or .npy)")
+    try:
+        return _read_list_lines(path, low, base)
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a list of image paths (not UTF-8 text): give a folder, or a text, "
+                         "CSV or .npy list") from None
+
+
+def _read_list_lines(path: str, low: str, base: str) -> Tuple[List[str], str]:
     if low.endswith(".npy"):
         try:
             arr = np.load(path, allow_pickle=False)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
+from .progress import progress
 
 from .checkpoint import atomic_write_text
 from .data import decode_rgb
@@ -80,7 +80,7 @@ def train_autoencoder(kind: str, tiles: List[np.ndarray], steps: int, seed: int)
     model = AutoEncoder(kind)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     data = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255.0
-    for _ in tqdm(range(steps), desc=f"autoencoder {kind}", leave=False, dynamic_ncols=True):
+    for _ in progress(range(steps), desc=f"autoencoder {kind}", leave=False, dynamic_ncols=True):
         idx = rng.integers(0, len(data), 16)
         ys, xs = rng.integers(0, TILE - 64 + 1, 2)
         x = data[idx, :, ys:ys + 64, xs:xs + 64]

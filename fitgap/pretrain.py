@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from .progress import progress
 
 import rescale_ext
 
@@ -220,7 +220,7 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
     model.train()
     t, device = cfg["train"], info.device
     total_steps = len(schedule)
-    bar = tqdm(total=steps_in_epoch, initial=state["step_in_epoch"], disable=not info.is_main,
+    bar = progress(total=steps_in_epoch, initial=state["step_in_epoch"], disable=not info.is_main,
                desc=f"epoch {state['epoch']}", dynamic_ncols=True, leave=False)
     losses, skipped, t0, seen = [], [], time.perf_counter(), 0
     for batch in loader:
@@ -252,7 +252,7 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
                 report = run_probe(model_without_ddp.encoder, cfg, device, baseline=False)
                 log.write({"step": state["step"], "elapsed_s": time.perf_counter() - state["t_start"],
                            "probe": report})
-                tqdm.write(f"step {state['step']}: " + format_probe(report))
+                bar.write(f"step {state['step']}: " + format_probe(report))
             D.barrier()
         if state["step"] % t["ckpt_every"] == 0 and state["step"] < total_steps:
             rngs = ckpt.rank_rng_states()  # every rank's own RNG state, restored to that rank on resume

@@ -217,7 +217,9 @@ def main(argv=None) -> Dict[str, Any]:
         cfg = dict(cfg, probe=dict(cfg.get("probe", {})))
         if args.images:
             cfg["probe"]["images"] = args.images
-        if args.patches:
+        if args.patches is not None:
+            if args.patches < 1:
+                raise InputError(f"--patches: patches per photo and ratio must be >= 1, got {args.patches}")
             cfg["probe"]["patches"] = args.patches
         if not cfg["probe"].get("images"):
             raise InputError("--images: the checkpoint names no probe.images; give a folder of held-out photos")

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from .progress import progress
 
 from .benchmarks import BENCHES, load_benchmark
 from .checkpoint import atomic_write_text
@@ -152,7 +152,7 @@ def sweep_subset(model, items, conds: Sequence[Condition], crop: int, mode: str,
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores = np.full((len(items), 1 + len(conds)), np.nan)
     errors: Dict[int, str] = {}
-    for group in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for group in progress(loader, desc=desc, leave=False, dynamic_ncols=True):
         ok = [g for g in group if g[0] is not None]
         for g in group:
             if g[0] is None:
@@ -358,6 +358,11 @@ def run(args) -> Dict[str, Any]:
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
     subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
+    if not any(s.status == "ok" for s in subsets):
+        raise InputError(f"no subset to score: {', '.join(f'{s.name} ({s.status})' for s in subsets)}"
+                         + (" (check the --subsets names)" if args.subsets else ""))
+    if args.size is not None and args.size < 1:
+        raise InputError(f"--size: a crop size must be >= 1 px, got {args.size}")
     crop = args.size or cfg["eval"]["size"] or cfg["patch"]
     n = cfg["normalize"]
     title = run_title(args.bench, args.ckpt, None) + (f", every image re-encoded as {args.reencode} first"
@@ -377,7 +382,10 @@ def run(args) -> Dict[str, Any]:
         labels = np.asarray([y for _, y in items], dtype=np.int64)
         result["subsets"][sub.name] = summarize(labels, scores, conds, threshold)
         result["subsets"][sub.name]["errors"] = {items[i][0]: e for i, e in list(errors.items())[:10]}
-    scored = {k: v for k, v in result["subsets"].items() if "conditions" in v}
+    scored = {k: v for k, v in result["subsets"].items() if "conditions" in v and v["n"]}
+    if not scored:
+        raise InputError(f"no image could be scored in {', '.join(result['subsets'])} (unreadable or too small: "
+                         f"{[e for v in result['subsets'].values() for e in v.get('errors', {}).values()][:3]})")
     result["mean"] = mean_over_subsets(scored, ["native"] + [c.name for c in conds])
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "robustness.json"), json.dumps(result, indent=2))

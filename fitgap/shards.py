@@ -317,7 +317,7 @@ def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "tr
     order, bytes unchanged; writes out/shards.json last (atomically) with each shard's sample count as
     written and its size on disk."""
     import webdataset as wds
-    from tqdm import tqdm
+    from .progress import progress as bar
 
     from .checkpoint import atomic_write_text
 
@@ -339,7 +339,7 @@ def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "tr
     skipped = []
     written: Dict[str, int] = {}  # shard file -> samples written into it
     with wds.ShardWriter(pattern, maxcount=size, maxsize=max_bytes, verbose=0) as sink:
-        for n, i in enumerate(tqdm(order, desc="shards", disable=not progress, unit="img")):
+        for n, i in enumerate(bar(order, desc="shards", disable=not progress, unit="img")):
             path = paths[int(i)]
             ext = os.path.splitext(path)[1].lower().lstrip(".")
             try:

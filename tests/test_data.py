@@ -158,3 +158,11 @@ def test_decoded_image_cache_gives_identical_windows(tmp_path):
         b, _ = cached[(i, Slot(window=30, seed=i))]
         assert np.array_equal(a, b)
     assert len(cached._cache) == 2
+
+
+def test_retry_candidates_visit_every_image_whatever_the_size():
+    from fitgap.data import retry_stride
+
+    for n in (1, 2, 3, 7919, 2 * 7919, 7920, 100):
+        s = retry_stride(n)
+        assert len({(5 + k * s) % n for k in range(n)}) == n, n

@@ -391,3 +391,42 @@ def test_no_held_out_photo_shares_a_scene_with_a_training_photo(tmp_path):
     folders = export_photos(str(tmp_path))
     assert sorted(os.listdir(folders["heldout"])) == sorted(HELDOUT)
     assert sorted(os.listdir(folders["train"])) == sorted(TRAIN)
+
+
+@pytest.mark.slow
+def test_ranks_score_rank_0s_listing_even_when_their_own_differs(tree, pretrained, tmp_path):
+    """Rank 1 sees the folder in another order (a file system that lists differently): every score
+    still lands on its own image, because rank 0 lists and broadcasts."""
+    run(finetune_args(tree, str(tmp_path), "lst", pretrained, "train.epochs=1"))
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys, torch.distributed as dist\n"
+        "import evaluate as E\n"
+        "import fitgap.benchmarks as B\n"
+        "real = B.load_benchmark\n"
+        "def shuffled(*a, **k):\n"
+        "    subs = real(*a, **k)\n"
+        "    if dist.is_initialized() and dist.get_rank() == 1:\n"
+        "        for s in subs:\n"
+        "            s.items = s.items[::-1]\n"
+        "    return subs\n"
+        "B.load_benchmark = shuffled\n"
+        "import fitgap.evaluate\n"
+        "fitgap.evaluate.load_benchmark = shuffled\n"
+        "E.main(E.get_args_parser().parse_args(sys.argv[1:]))\n")
+    common = ["--ckpt", str(tmp_path / "lst" / "best.pt"), "--bench", "folder", "--root", tree, "--device", "cpu",
+              "--workers", "0", "--no-audit"]
+    run(["evaluate.py", *common, "--out", str(tmp_path / "one")])
+    env_path = ROOT + os.pathsep + os.path.join(ROOT, "tests")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+                        str(driver), *common, "--out", str(tmp_path / "two")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=env_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def scores(folder):
+        rows = (folder / "scores.csv").read_text().splitlines()[1:]
+        return {tuple(x.split(",")[:3]): x.split(",")[3] for x in rows}
+
+    one, two = scores(tmp_path / "one"), scores(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) == 24
+    assert all(abs(float(one[k]) - float(two[k])) < 1e-5 for k in one)

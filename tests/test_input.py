@@ -354,3 +354,21 @@ def test_bad_data_sources_are_refused_before_work(tmp_path):
                      ({"index": None, "train": str(tmp_path / "none")}, "does not exist")]:
         with pytest.raises(ConfigError, match=msg):
             check_data_source(dict(d, **bad))
+
+
+def test_an_image_given_where_a_folder_or_list_is_expected_is_one_line(tmp_path, capsys):
+    from fitgap import probe
+
+    write_images(str(tmp_path / "src"), 1)
+    img = os.path.join(tmp_path, "src", "img_000.png")
+    with pytest.raises(InputError, match="is an image: give the folder"):
+        list_images(img)
+    (tmp_path / "list.txt").write_bytes(b"\xff\xd8\xff\xe0 binary, not a list")
+    with pytest.raises(InputError, match="not a list of image paths"):
+        list_images(str(tmp_path / "list.txt"))
+    with pytest.raises(SystemExit) as e:
+        S.main(["--src", img, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "is an image" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        probe.main(["--ckpt", str(tmp_path / "none.pt"), "--images", img])
+    assert e.value.code == 2

@@ -116,6 +116,9 @@ def test_probe_command_reads_a_pretraining_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "probe (3 held-out photos, leave-one-photo-out, 18 patches)" in out
     assert "the encoder before pre-training: ratio accuracy" in out and ", phase 3/4 " in out
+    with pytest.raises(SystemExit) as e:
+        main(["--ckpt", path, "--images", folder, "--patches", "0"])
+    assert e.value.code == 2 and "--patches" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--ckpt", path])  # no probe.images in the checkpoint and no --images
     assert "--images" in capsys.readouterr().err

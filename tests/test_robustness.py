@@ -133,3 +133,8 @@ def test_robustness_cli_writes_tables_and_plots(tmp_path):
         assert (out / f).stat().st_size > 0
     md = (out / "robustness.md").read_text()
     assert "| resize0.5-bicubic-noaa |" in md and "OpenCV INTER_CUBIC" in md
+    # a subset-name typo: one line naming what was asked for, not KeyError: 'ap'
+    with pytest.raises(SystemExit) as e:
+        main(["--ckpt", str(path), "--bench", "folder", "--root", str(tmp_path / "bench"), "--out", str(out),
+              "--subsets", "gne", "--device", "cpu", "--workers", "0"])
+    assert e.value.code == 2

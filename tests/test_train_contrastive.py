@@ -155,6 +155,14 @@ def test_truncated_checkpoint_is_one_line_with_what_to_do(tmp_path, images):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot read checkpoint" in r.stderr and "checkpoint_0001.pt" in r.stderr and "name=" in r.stderr
+    # a reader (probe, analysis, evaluate) gets a reader's advice, in one line, with exit code 2
+    for cmd in ([sys.executable, "-m", "fitgap.probe", "--ckpt", str(run_dir / "checkpoint.pt"), "--images", images],
+                [sys.executable, "-m", "fitgap.analysis", "similarity", "--ckpt", str(run_dir / "checkpoint.pt"),
+                 "--images", images],
+                [sys.executable, "evaluate.py", "--ckpt", str(run_dir / "checkpoint.pt"), "--bench", "mini"]):
+        r = run_cmd(cmd, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "cannot read checkpoint" in r.stderr and "copy it again" in r.stderr and "name=" not in r.stderr
 
 
 def test_only_the_projects_errors_lose_their_traceback():
