@@ -28,7 +28,7 @@ from PIL import Image, JpegImagePlugin
 from .progress import progress
 
 from .benchmarks import BENCHES, Subset, load_benchmark
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 
 SHORTCUT_AP = 0.9
 

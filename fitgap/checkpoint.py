@@ -1,41 +1,15 @@
-"""Atomic writes and checkpoints that load with torch.load(weights_only=True)."""
+"""Training checkpoints that load with torch.load(weights_only=True), written atomically (fitgap.files)."""
 from __future__ import annotations
 
 import copy
 import os
 import random
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from .errors import CheckpointError, FitgapError, MissingInput
-
-
-def _atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over `path`:
-    a reader sees the old file or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+from .errors import CheckpointError, ConfigError, FitgapError, MissingInput
+from .files import atomic_save, atomic_write_text  # noqa: F401 - callers use ckpt.atomic_save
 
 
 def rng_state() -> Dict[str, Any]:
@@ -156,8 +130,6 @@ def check_resumable(path: str, cfg: Dict[str, Any], same: Sequence[str],
         old, cfg = with_defaults(old, defaults), with_defaults(cfg, defaults)
     changed = _changed({k: old.get(k) for k in same}, {k: cfg.get(k) for k in same})
     if changed:
-        from .config import ConfigError
-
         raise ConfigError(f"{', '.join(changed)}: differ from {path}, which this run would resume; "
                           f"choose another name= or remove {os.path.dirname(path)} to start afresh")
 

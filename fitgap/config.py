@@ -13,11 +13,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
-from .errors import FitgapError
-
-
-class ConfigError(FitgapError, ValueError):
-    """A config that cannot run; the message names the key."""
+from .errors import ConfigError, FitgapError  # noqa: F401 - ConfigError is raised from here by every task
+from .files import atomic_write_text
 
 
 def _type_name(v):
@@ -149,8 +146,6 @@ def dump(cfg: Dict[str, Any]) -> str:
 
 
 def save(cfg: Dict[str, Any], path: str) -> None:
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(path, dump(cfg))
 
 

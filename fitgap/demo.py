@@ -21,7 +21,7 @@ import sys
 import time
 from typing import List
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .evaluate import format_markdown
 
 RUN = os.path.join("runs", "demo")

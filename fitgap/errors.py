@@ -15,5 +15,9 @@ class MissingInput(FitgapError, FileNotFoundError):
     """A file or folder the user named does not exist or holds nothing usable."""
 
 
+class ConfigError(FitgapError, ValueError):
+    """A config that cannot run; the message names the key."""
+
+
 class CheckpointError(FitgapError, RuntimeError):
     """A checkpoint that cannot be read or does not fit."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -198,6 +198,11 @@ def normalize_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     m = torch.tensor(mean, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
     return (t - m) / s
+
+
+def op_normalization(cfg: Dict[str, Any]):
+    """mean/std on the 0..255 scale, as the op takes them."""
+    return ([255.0 * m for m in cfg["normalize"]["mean"]], [255.0 * s for s in cfg["normalize"]["std"]])
 
 
 class EvalDataset(Dataset):

@@ -19,7 +19,7 @@ from .progress import progress
 
 from . import distributed as D
 from .benchmarks import Subset, load_benchmark
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .detector import MAX_CROPS, load_detector, score_crops
 from .models import min_input_side
 from .evaldata import EvalDataset, Perturbation, collate_eval

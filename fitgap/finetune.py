@@ -22,10 +22,10 @@ from .detector import load_pretrained_encoder
 from .evaldata import Perturbation, TrainCrops, collate_train
 from .evaluate import evaluate_subsets, format_markdown
 from .models import Detector, encoder_from_config
-from .optim import amp_context, optimizer_step, set_lr
+from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_train_common
-from .runlog import JsonlLog, cosine_schedule, start_run
+from .runlog import JsonlLog, start_run
 from .seeding import loader_seeding, seed_everything
 
 DEFAULTS: Dict[str, Any] = {

@@ -216,9 +216,9 @@ def build_index(source: str, root: Optional[str] = None) -> Listing:
 
 def save_index(path: str, listing: Listing) -> None:
     """Atomic write of the listing (.npz: paths, walked directories, info)."""
-    from .checkpoint import _atomic
+    from .files import atomic_write
 
-    _atomic(path, lambda f: np.savez(f, buf=listing.index.buf, offsets=listing.index.offsets,
+    atomic_write(path, lambda f: np.savez(f, buf=listing.index.buf, offsets=listing.index.offsets,
                                      dir_buf=listing.dirs.buf, dir_offsets=listing.dirs.offsets,
                                      info=np.array(listing.info.to_json())))
 

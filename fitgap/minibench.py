@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from .progress import progress
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .data import decode_rgb
 from .photos import HELDOUT, TRAIN, photo_path
 

@@ -1,8 +1,9 @@
-"""The optimiser step shared by pre-training and fine-tuning."""
+"""The optimiser step and the learning-rate schedule shared by pre-training and fine-tuning."""
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -48,3 +49,16 @@ def optimizer_step(loss, model, optimizer, scaler, grad_clip: float, step: int, 
     scaler.step(optimizer)
     scaler.update()
     return mean_loss
+
+
+def cosine_schedule(base: float, total_steps: int, warmup_steps: int, min_value: float = 0.0) -> List[float]:
+    """Per-iteration linear warm-up to `base`, then cosine decay to `min_value`."""
+    out = []
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    for s in range(total_steps):
+        if s < warmup_steps:
+            out.append(base * (s + 1) / warmup_steps)
+        else:
+            t = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+            out.append(min_value + 0.5 * (base - min_value) * (1 + math.cos(math.pi * t)))
+    return out

@@ -17,14 +17,15 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import distributed as D
 from . import shards
+from .evaldata import op_normalization
 from .data import PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned, summarize_skipped
 from .index import broadcast_index, index_for_run
 from .losses import supcon_loss
 from .models import ContrastiveModel, encoder_from_config
-from .optim import amp_context, optimizer_step, set_lr
+from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .plan import PlanSpec, max_window
 from .ratios import format_ratio, ratios_from_config
-from .runlog import JsonlLog, cosine_schedule, start_run
+from .runlog import JsonlLog, start_run
 from .seeding import loader_seeding, seed_everything
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -133,11 +134,6 @@ def check_sync_bn(cfg: Dict[str, Any]) -> None:
     C.require(not cfg["train"]["sync_bn"] or D.uses_cuda(cfg["device"]), "train.sync_bn",
               f"SyncBatchNorm works on CUDA devices only, and this run is on the CPU (device={cfg['device']}); "
               "set train.sync_bn=false")
-
-
-def op_normalization(cfg: Dict[str, Any]):
-    """mean/std on the 0..255 scale, as the op takes them."""
-    return ([255.0 * m for m in cfg["normalize"]["mean"]], [255.0 * s for s in cfg["normalize"]["std"]])
 
 
 def build_patches(batch: Dict[str, Any], cfg: Dict[str, Any], device: torch.device) -> torch.Tensor:

@@ -163,7 +163,7 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
     architecture, initialised with the run's seed, or model.weights when given) is reported beside
     it as "initial" (ratio and phase accuracy): the fixed input filter and a random network already
     see some of the trace, and that is the bar pre-training has to clear."""
-    from .pretrain import op_normalization
+    from .evaldata import op_normalization
 
     mean, std = op_normalization(cfg)
     p = cfg["probe"]

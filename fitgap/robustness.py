@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from .progress import progress
 
 from .benchmarks import BENCHES, load_benchmark
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .data import ImageError, decode_rgb
 from .detector import load_detector, score_crops
 from .evaldata import ANTIALIAS_CHOICE, RESIZE_KERNELS, Perturbation, center_crop, collate_eval, stack_uint8, tiles

@@ -1,12 +1,12 @@
-"""Run folders, JSON-lines logs and warm-up + cosine schedules."""
+"""Run folders and JSON-lines logs."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .checkpoint import atomic_write_text, check_resumable_everywhere
+from .checkpoint import check_resumable_everywhere
+from .files import atomic_write_text
 
 
 def start_run(cfg: Dict[str, Any], is_main: bool, checkpoint: str, same: Sequence[str], summary: str,
@@ -24,19 +24,6 @@ def start_run(cfg: Dict[str, Any], is_main: bool, checkpoint: str, same: Sequenc
         print(summary, flush=True)
         C.save(cfg, os.path.join(run_dir, "config.yaml"))
     return run_dir
-
-
-def cosine_schedule(base: float, total_steps: int, warmup_steps: int, min_value: float = 0.0) -> List[float]:
-    """Per-iteration linear warm-up to `base`, then cosine decay to `min_value`."""
-    out = []
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    for s in range(total_steps):
-        if s < warmup_steps:
-            out.append(base * (s + 1) / warmup_steps)
-        else:
-            t = (s - warmup_steps) / max(1, total_steps - warmup_steps)
-            out.append(min_value + 0.5 * (base - min_value) * (1 + math.cos(math.pi * t)))
-    return out
 
 
 class JsonlLog:

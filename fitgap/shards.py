@@ -75,7 +75,7 @@ def expand_urls(source: str) -> List[str]:
 
 def check_source(source: str) -> None:
     """Refuse a pattern whose shards do not all exist, naming the missing ones (before any work)."""
-    from .config import ConfigError
+    from .errors import ConfigError
 
     if os.path.basename(source) == MANIFEST and not os.path.isfile(source):
         raise ConfigError(f"data.train: {source!r} does not exist")
@@ -319,7 +319,7 @@ def write_shards(src: str, out: str, size: int, seed: int = 0, prefix: str = "tr
     import webdataset as wds
     from .progress import progress as bar
 
-    from .checkpoint import atomic_write_text
+    from .files import atomic_write_text
 
     if size < 1:
         raise InputError(f"--size must be >= 1, got {size}")
