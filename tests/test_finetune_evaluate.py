@@ -140,7 +140,8 @@ def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path
     assert (out / "scores.csv").read_text() == before
     # detect: one row per file, unreadable reported
     r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "ev" / "best.pt"), str(bench / "x" / "1_fake"),
-             "--device", "cpu", "--json"])
+             "--device", "cpu", "--json"], check=False)
+    assert r.returncode == 1 and "1 of 5 file(s) not scored" in r.stderr  # one unreadable file
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 5 and sum(x["error"] is not None for x in lines) == 1
     assert all(0 <= x["p_fake"] <= 1 for x in lines if x["error"] is None)
