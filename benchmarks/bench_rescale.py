@@ -3,7 +3,9 @@
 Two settings on ImageNet-like windows (about 500x375) with ratios of the pre-training set:
   dense:  32 windows, 4 patches of 128 each (the patches cover most of each rescaled window)
   sparse: 32 windows, 2 patches of 64 each
-Every path produces the same float32 NCHW patches on the 0..255 scale. On a GPU the op is also
+Every path produces the same float32 NCHW patches on the 0..255 scale. Every timed CPU call starts
+with its inputs out of the caches (a 128 MiB buffer is rewritten before it), as windows fresh from a
+loader worker are, so no path inherits another's cached inputs. On a GPU the op is also
 compared with the unfused torch path on the GPU, and its achieved bytes/s with the bytes it must
 move, as a fraction of the card's device-to-device copy bandwidth measured in the same run.
 Targets: CPU dense >= 1.0x the fastest whole-window path, sparse >= 5x; GPU within 1.25x of the
@@ -11,7 +13,7 @@ bytes floor and >= 20x faster than the unfused GPU path.
 
     python benchmarks/bench_rescale.py [--device cpu|cuda|all] [--repeat 5] [--threads 1 2]
 
-The CPU table has a row per instruction-set path of the op that this CPU can run (avx512, avx2,
+The CPU table has a row per instruction-set path of the op that this CPU can run (avx512, avx2shuf, avx2,
 scalar); the verdict uses the path chosen at load time. The header names the CPU, its SIMD flags,
 the op's path, torch's own CPU capability and the thread counts.
 """
@@ -33,6 +35,7 @@ from common import cpu_model, print_table, time_interleaved, time_it  # noqa: E4
 import rescale_ext  # noqa: E402
 from rescale_ext import dst_length, pack_windows, rescale_gather  # noqa: E402
 
+FLUSH_MIB = 128  # every timed CPU call starts with its inputs out of the caches (benchmarks/common.py)
 RATIOS = sorted({Fraction(p, q) for q in range(2, 9) for p in range(q + 1, 2 * q)})  # (1, 2), q <= 8
 
 
@@ -129,7 +132,7 @@ def bench_cpu(repeat, threads):
                           "torch uint8 whole-window": lambda: torch_path(s, s["windows"], False)})
             if cv2 is not None:
                 paths["cv2 whole-window"] = lambda: cv2_path(s, cv2)
-            rate = {k: n / t for k, t in time_interleaved(paths, "cpu", repeat).items()}
+            rate = {k: n / t for k, t in time_interleaved(paths, "cpu", repeat, flush_mib=FLUSH_MIB).items()}
             torch.ops.rescale_ext._set_cpu_isa(best)
             op = rate[f"rescale_gather (op, {best})"]
             fastest = max(v for k, v in rate.items() if not k.startswith("rescale_gather"))

@@ -29,16 +29,27 @@ def time_it(fn: Callable[[], object], device: str = "cpu", repeat: int = 5, warm
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], device: str = "cpu", repeat: int = 7,
-                     warmup: int = 2) -> Dict[str, float]:
+                     warmup: int = 2, flush_mib: int = 0) -> Dict[str, float]:
     """Median seconds per call of each fn, timed round-robin so that a transient slow spell of the
-    machine hits every path alike instead of one."""
+    machine hits every path alike instead of one (the order rotates every round).
+
+    flush_mib > 0 (CPU): before every timed call, a buffer of that size is rewritten, so every path
+    starts with its inputs out of the caches, as windows fresh from a loader worker are. Without it,
+    the path timed right after another path's large buffers found its inputs evicted while the next
+    found them cached: on sparse inputs the op's first ISA row ran at a third of its speed."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync(device)
+    flush = torch.zeros(flush_mib << 20, dtype=torch.uint8) if flush_mib > 0 and device == "cpu" else None
     times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeat):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[k]
+            if flush is not None:
+                flush.add_(1)
+            sync(device)
             t0 = time.perf_counter()
             fn()
             sync(device)

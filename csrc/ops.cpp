@@ -207,7 +207,7 @@ constexpr int64_t kRowBlock = 64;
 // with that target, plus hand-written gathers for the horizontal pass; the path is chosen once at
 // load time from the CPU's flags (or RESCALE_EXT_ISA=scalar|avx2|avx512), and
 // torch.ops.rescale_ext._set_cpu_isa switches it for tests.
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx2Shuffle = 3 };
 
 // Horizontal pass of one source row into three planes: h[c * patch + x] =
 // (2q - wx) * row[col0[x] + c] + wx * row[col1[x] + c], the exact value times 2q.
@@ -257,6 +257,86 @@ RESCALE_TARGET_AVX2 void blend_row_avx2(const uint8_t* row, int64_t safe, const 
     }
   }
   blend_row_scalar(row, col0, col1, wcol, two_q, x, patch, h);
+}
+
+// AVX2 without gathers (avx2shuf), for CPUs that run vpgatherdd as microcode (AMD): the AVX-512
+// path's idea with in-lane byte shuffles. A group is 8 destination pixels, 4 per 128-bit lane; each
+// lane loads the 32 bytes from its first pixel's left tap (two 16-byte loads, `lo` and `hi` registers)
+// and, per channel, two vpshufb pick the pixels' (a, 0, b, 0) byte pairs out of them (an index with
+// its top bit set gives 0, so the two shuffles are OR'ed); one vpmaddwd with the (w0, w1) pairs gives
+// w0 * a + w1 * b in int32, exact. A lane whose 4 pixels' taps span more than 32 bytes (shrinking by
+// more than about 2.9), or whose loads would pass the `safe` bytes of the window, ends the vector loop
+// and the scalar loop takes the rest.
+struct ShuffleTables {
+  static constexpr int kGroup = 8;
+  int64_t groups = 0;                 // leading groups that fit the tables
+  std::vector<int32_t> base;          // [group][lane] byte offset of the lane's window in the row
+  std::vector<uint8_t> index;         // [group][channel][lo, hi][32] vpshufb indices
+  std::vector<int32_t> weights;       // [group][8] (w0 | w1 << 16)
+
+  void build(const int32_t* col0, const int32_t* col1, const int32_t* wcol, int32_t two_q, int64_t patch) {
+    const int64_t n = patch / kGroup;
+    base.resize(2 * n);
+    index.resize(n * 3 * 2 * 32);
+    weights.resize(n * kGroup);
+    groups = 0;
+    for (int64_t g = 0; g < n; ++g) {
+      const int64_t x0 = g * kGroup;
+      bool fits = true;
+      for (int lane = 0; lane < 2; ++lane) {
+        const int64_t first = x0 + 4 * lane;
+        base[2 * g + lane] = col0[first];
+        fits = fits && col1[first + 3] + 3 - col0[first] <= 32;
+      }
+      if (!fits) break;
+      for (int c = 0; c < 3; ++c) {
+        uint8_t* lo = index.data() + ((g * 3 + c) * 2) * 32;
+        uint8_t* hi = lo + 32;
+        for (int lane = 0; lane < 2; ++lane) {
+          const int32_t b0 = base[2 * g + lane];
+          for (int j = 0; j < 4; ++j) {
+            const int64_t x = x0 + 4 * lane + j;
+            const int32_t taps[2] = {col0[x] + c - b0, col1[x] + c - b0};
+            for (int t = 0; t < 2; ++t) {
+              const int k = 16 * lane + 4 * j + 2 * t;  // byte of the pair in the lane's output
+              lo[k] = taps[t] < 16 ? static_cast<uint8_t>(taps[t]) : 0x80;
+              hi[k] = taps[t] >= 16 ? static_cast<uint8_t>(taps[t] - 16) : 0x80;
+              lo[k + 1] = hi[k + 1] = 0x80;  // the high byte of each 16-bit value is 0
+            }
+          }
+        }
+      }
+      for (int j = 0; j < kGroup; ++j) {
+        const int32_t w1 = wcol[x0 + j];
+        weights[g * kGroup + j] = (two_q - w1) | (w1 << 16);
+      }
+      groups = g + 1;
+    }
+  }
+};
+
+RESCALE_TARGET_AVX2 void blend_row_avx2_shuffle(const uint8_t* row, int64_t safe, const ShuffleTables& t,
+                                                const int32_t* col0, const int32_t* col1, const int32_t* wcol,
+                                                int32_t two_q, int64_t patch, int32_t* h) {
+  int64_t g = 0;
+  for (; g < t.groups; ++g) {
+    const int64_t b0 = t.base[2 * g], b1 = t.base[2 * g + 1];
+    if (b1 + 32 > safe || b0 + 32 > safe) break;  // b1 >= b0 except for odd tap orders: check both
+    const __m256i lo = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(row + b1),
+                                           reinterpret_cast<const __m128i*>(row + b0));
+    const __m256i hi = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(row + b1 + 16),
+                                           reinterpret_cast<const __m128i*>(row + b0 + 16));
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.weights.data() + g * ShuffleTables::kGroup));
+    const uint8_t* idx = t.index.data() + g * 3 * 2 * 32;
+    const int64_t x = g * ShuffleTables::kGroup;
+    for (int c = 0; c < 3; ++c) {
+      const __m256i il = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + c * 64));
+      const __m256i ih = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + c * 64 + 32));
+      const __m256i pairs = _mm256_or_si256(_mm256_shuffle_epi8(lo, il), _mm256_shuffle_epi8(hi, ih));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + c * patch + x), _mm256_madd_epi16(pairs, w));
+    }
+  }
+  blend_row_scalar(row, col0, col1, wcol, two_q, g * ShuffleTables::kGroup, patch, h);
 }
 
 // AVX-512 (with VBMI): no gathers. The column taps are the same for every row of a patch, so for each
@@ -338,6 +418,10 @@ RESCALE_INLINE void blend_row(const uint8_t* row, int64_t safe, const void* tabl
     return blend_row_avx512(row, safe, *static_cast<const ByteTables*>(tables), col0, col1, wcol, two_q, patch, h);
   }
   if constexpr (kIsa == Isa::kAvx2) return blend_row_avx2(row, safe, col0, col1, wcol, two_q, patch, h);
+  if constexpr (kIsa == Isa::kAvx2Shuffle) {
+    return blend_row_avx2_shuffle(row, safe, *static_cast<const ShuffleTables*>(tables), col0, col1, wcol, two_q,
+                                  patch, h);
+  }
 #endif
   blend_row_scalar(row, col0, col1, wcol, two_q, 0, patch, h);
 }
@@ -390,6 +474,7 @@ struct Scratch {
   std::vector<float> tmp;
 #ifdef RESCALE_EXT_X86
   ByteTables tables;
+  ShuffleTables shuffles;
 #endif
   explicit Scratch(int64_t patch)
       : col0(patch), col1(patch), wcol(patch), hbuf(2 * 3 * patch), tmp(3 * patch) {}
@@ -431,6 +516,10 @@ RESCALE_INLINE void gather_units(const GatherJob& job, int64_t begin, int64_t en
     if constexpr (kIsa == Isa::kAvx512) {
       s.tables.build(s.col0.data(), s.col1.data(), s.wcol.data(), two_q, patch);
       tables = &s.tables;
+    }
+    if constexpr (kIsa == Isa::kAvx2Shuffle) {
+      s.shuffles.build(s.col0.data(), s.col1.data(), s.wcol.data(), two_q, patch);
+      tables = &s.shuffles;
     }
 #endif
     const uint8_t* src = job.pixels + d[kOffset];
@@ -494,6 +583,10 @@ RESCALE_TARGET_AVX2 void gather_units_avx2(const GatherJob& job, int64_t begin, 
   gather_units<Isa::kAvx2, out_t, kQuantize>(job, begin, end, s);
 }
 template <typename out_t, bool kQuantize>
+RESCALE_TARGET_AVX2 void gather_units_avx2_shuffle(const GatherJob& job, int64_t begin, int64_t end, Scratch& s) {
+  gather_units<Isa::kAvx2Shuffle, out_t, kQuantize>(job, begin, end, s);
+}
+template <typename out_t, bool kQuantize>
 RESCALE_TARGET_AVX512 void gather_units_avx512(const GatherJob& job, int64_t begin, int64_t end, Scratch& s) {
   gather_units<Isa::kAvx512, out_t, kQuantize>(job, begin, end, s);
 }
@@ -507,7 +600,7 @@ bool isa_supported(Isa isa) {
            __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx2") &&
            __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
   }
-  if (isa == Isa::kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx2Shuffle) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   if (isa != Isa::kScalar) return false;
 #endif
@@ -515,11 +608,11 @@ bool isa_supported(Isa isa) {
 }
 
 const char* isa_name(Isa isa) {
-  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "scalar";
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : isa == Isa::kAvx2Shuffle ? "avx2shuf" : "scalar";
 }
 
 bool parse_isa(const std::string& name, Isa* isa) {
-  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx2Shuffle, Isa::kAvx512}) {
     if (name == isa_name(i)) {
       *isa = i;
       return true;
@@ -529,12 +622,13 @@ bool parse_isa(const std::string& name, Isa* isa) {
 }
 
 // The best path the CPU has, or the one RESCALE_EXT_ISA names (if the CPU has it). AMD cores run
-// vpgatherdd as microcode: on an AMD EPYC (Zen 4) the AVX2 gather path measured 0.8x the scalar one,
-// so AMD CPUs without the AVX-512 path (which needs no gathers) take the scalar path.
+// vpgatherdd as microcode (on an AMD EPYC, Zen 4, the AVX2 gather path measured 0.8x the scalar one),
+// so AMD CPUs without the AVX-512 path take the AVX2 path without gathers (avx2shuf); Intel's AVX2
+// CPUs keep the gathers.
 Isa best_isa() {
   if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
 #ifdef RESCALE_EXT_X86
-  if (isa_supported(Isa::kAvx2) && !__builtin_cpu_is("amd")) return Isa::kAvx2;
+  if (isa_supported(Isa::kAvx2)) return __builtin_cpu_is("amd") ? Isa::kAvx2Shuffle : Isa::kAvx2;
 #endif
   return Isa::kScalar;
 }
@@ -545,7 +639,7 @@ Isa initial_isa() {
   if (env != nullptr && *env != '\0') {
     Isa want;
     if (!parse_isa(env, &want) || !isa_supported(want)) {
-      std::fprintf(stderr, "rescale_ext: RESCALE_EXT_ISA=%s is not scalar/avx2/avx512 or this CPU lacks it; using %s\n",
+      std::fprintf(stderr, "rescale_ext: RESCALE_EXT_ISA=%s is not scalar/avx2/avx2shuf/avx512 or this CPU lacks it; using %s\n",
                    env, isa_name(best));
       return best;
     }
@@ -571,6 +665,7 @@ void gather_cpu(const uint8_t* pixels, const int64_t* desc, int64_t n, int64_t p
   const Isa isa = static_cast<Isa>(g_isa.load());
   if (isa == Isa::kAvx512) fn = &gather_units_avx512<out_t, kQuantize>;
   if (isa == Isa::kAvx2) fn = &gather_units_avx2<out_t, kQuantize>;
+  if (isa == Isa::kAvx2Shuffle) fn = &gather_units_avx2_shuffle<out_t, kQuantize>;
 #endif
   at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch(patch);
@@ -674,7 +769,7 @@ std::string cpu_isa() { return isa_name(static_cast<Isa>(g_isa.load())); }
 
 std::string set_cpu_isa(std::string name) {
   Isa isa;
-  TORCH_CHECK_VALUE(parse_isa(name, &isa), "_set_cpu_isa: scalar, avx2 or avx512, got '", name, "'");
+  TORCH_CHECK_VALUE(parse_isa(name, &isa), "_set_cpu_isa: scalar, avx2, avx2shuf or avx512, got '", name, "'");
   TORCH_CHECK_VALUE(isa_supported(isa), "_set_cpu_isa: this CPU (or build) has no ", name, " path");
   g_isa.store(static_cast<int>(isa));
   return name;
@@ -696,7 +791,7 @@ TORCH_LIBRARY(rescale_ext, m) {
       "int patch, float[]? mean=None, float[]? std=None, bool quantize=False, "
       "ScalarType? dtype=None, bool channels_last=False) -> Tensor");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
-  // The CPU kernel's instruction-set path (scalar, avx2, avx512), chosen at load time.
+  // The CPU kernel's instruction-set path (scalar, avx2, avx2shuf, avx512), chosen at load time.
   m.def("cpu_isa() -> str", &cpu_isa);
   // Tests and benchmarks only: switch the CPU kernel's path (refused if the CPU lacks it).
   m.def("_set_cpu_isa(str name) -> str", &set_cpu_isa);

@@ -22,8 +22,9 @@ def built_with_cuda() -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU kernel's instruction-set path: "avx512", "avx2" or "scalar" (chosen at load time from
-    the CPU's flags; RESCALE_EXT_ISA=scalar|avx2|avx512 forces one the CPU has); "reference" without
+    """The CPU kernel's instruction-set path: "avx512", "avx2" (gathers), "avx2shuf" (AVX2 byte
+    shuffles, no gathers: AMD's default without AVX-512) or "scalar" (chosen at load time from the
+    CPU's flags; RESCALE_EXT_ISA=scalar|avx2|avx2shuf|avx512 forces one the CPU has); "reference" without
     the compiled module."""
     return str(torch.ops.rescale_ext.cpu_isa()) if _compiled() else "reference"
 
@@ -33,7 +34,7 @@ def cpu_isa_paths() -> list:
     if not _compiled():
         return []
     current, out = cpu_isa(), []
-    for name in ("scalar", "avx2", "avx512"):
+    for name in ("scalar", "avx2", "avx2shuf", "avx512"):
         try:
             torch.ops.rescale_ext._set_cpu_isa(name)
             out.append(name)

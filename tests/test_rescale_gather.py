@@ -67,7 +67,7 @@ def _check_against_reference(device, dtype, channels_last, quantize, normalize):
         assert err <= TOL[dtype] * max(scale, 1.0 if dtype == torch.float32 else scale), err
 
 
-ISA_PATHS = rescale_ext.cpu_isa_paths()  # every CPU path this machine can run (scalar, avx2, avx512)
+ISA_PATHS = rescale_ext.cpu_isa_paths()  # every CPU path this machine can run (scalar, avx2, avx2shuf, avx512)
 
 
 @pytest.fixture(params=ISA_PATHS)
@@ -83,7 +83,7 @@ def test_every_isa_path_of_this_cpu_is_tested():
     assert "scalar" in ISA_PATHS and rescale_ext.cpu_isa() in ISA_PATHS
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     if " avx2 " in flags and " fma " in flags:
-        assert "avx2" in ISA_PATHS
+        assert "avx2" in ISA_PATHS and "avx2shuf" in ISA_PATHS
     if all(f" {f} " in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
         assert "avx512" in ISA_PATHS
 
@@ -96,7 +96,7 @@ def test_isa_is_chosen_at_load_time_by_environment():
     r = subprocess.run([sys.executable, "-c", "import rescale_ext; print(rescale_ext.cpu_isa())"], cwd=ROOT,
                        env=dict(os.environ, RESCALE_EXT_ISA="sse9"), capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == rescale_ext.cpu_isa() and "RESCALE_EXT_ISA=sse9" in r.stderr
-    with pytest.raises((ValueError, RuntimeError), match="scalar, avx2 or avx512"):
+    with pytest.raises((ValueError, RuntimeError), match="scalar, avx2, avx2shuf or avx512"):
         torch.ops.rescale_ext._set_cpu_isa("sse9")
 
 
@@ -116,7 +116,11 @@ def test_isa_paths_agree():
     """Quantized values are integers: every path gives the same bits; float paths within rounding."""
     before = rescale_ext.cpu_isa()
     try:
-        for args in sample_inputs("cpu") + [make_sample(3, n_windows=4, patch=37, min_side=60, max_side=90)]:
+        # wide patches: vector groups at every ratio kind, the shuffle tables' 32-byte limit on both
+        # sides (17/6 fits, 3/1 does not), and loads that end at the window's last byte
+        wide = make_sample(4, n_windows=8, patch=64, ratios=[(17, 6), (3, 1), (1, 3), (3, 2), (7, 4), (2, 3)],
+                           min_side=200, max_side=260)
+        for args in sample_inputs("cpu") + [make_sample(3, n_windows=4, patch=37, min_side=60, max_side=90), wide]:
             outs = {}
             for name in ISA_PATHS:
                 torch.ops.rescale_ext._set_cpu_isa(name)
