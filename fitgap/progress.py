@@ -25,6 +25,17 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """tqdm for a log file: postfix and description changes wait for the next line instead of
+    forcing one (set_postfix refreshes at once by default: a line every few steps)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc=None, refresh=True):
+        super().set_description(desc, refresh=False)
+
+
 def progress(iterable=None, **kwargs) -> tqdm:
     """tqdm(iterable, **kwargs) on a terminal; plain lines, one per LOG_INTERVAL_S at most, when
     stderr is not a terminal. `disable` is kept as given (e.g. every rank but 0)."""
@@ -33,4 +44,4 @@ def progress(iterable=None, **kwargs) -> tqdm:
         return tqdm(iterable, file=stream, **kwargs)
     kwargs.pop("dynamic_ncols", None)
     kwargs.update(file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100)
-    return tqdm(iterable, **kwargs)
+    return _LogBar(iterable, **kwargs)
