@@ -259,6 +259,11 @@ RESCALE_TARGET_AVX2 void blend_row_avx2(const uint8_t* row, int64_t safe, const 
   blend_row_scalar(row, col0, col1, wcol, two_q, x, patch, h);
 }
 
+// The (w0, w1) int16 pairs of n destination pixels as vpmaddwd takes them: w0 | w1 << 16.
+inline void pack_weight_pairs(const int32_t* wcol, int32_t two_q, int n, int32_t* out) {
+  for (int j = 0; j < n; ++j) out[j] = (two_q - wcol[j]) | (wcol[j] << 16);
+}
+
 // AVX2 without gathers (avx2shuf), for CPUs that run vpgatherdd as microcode (AMD): the AVX-512
 // path's idea with in-lane byte shuffles. A group is 8 destination pixels, 4 per 128-bit lane; each
 // lane loads the 32 bytes from its first pixel's left tap (two 16-byte loads, `lo` and `hi` registers)
@@ -306,10 +311,7 @@ struct ShuffleTables {
           }
         }
       }
-      for (int j = 0; j < kGroup; ++j) {
-        const int32_t w1 = wcol[x0 + j];
-        weights[g * kGroup + j] = (two_q - w1) | (w1 << 16);
-      }
+      pack_weight_pairs(wcol + x0, two_q, kGroup, weights.data() + g * kGroup);
       groups = g + 1;
     }
   }
@@ -374,10 +376,7 @@ struct ByteTables {
           idx[4 * j + 3] = 0;
         }
       }
-      for (int j = 0; j < kGroup; ++j) {
-        const int32_t w1 = wcol[x0 + j];
-        weights[g * kGroup + j] = (two_q - w1) | (w1 << 16);
-      }
+      pack_weight_pairs(wcol + x0, two_q, kGroup, weights.data() + g * kGroup);
       groups = g + 1;
     }
   }

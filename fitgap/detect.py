@@ -16,7 +16,7 @@ import sys
 
 from . import distributed as D
 from .data import list_images
-from .detector import load_detector, score_crops
+from .detector import check_size, crop_size, load_detector, score_crops
 from .evaldata import EvalDataset, Perturbation
 from .models import min_input_side
 from .errors import InputError, MissingInput
@@ -51,12 +51,11 @@ NON_FINITE = "non-finite score"
 def main(args, out=sys.stdout) -> int:
     """Scores every file; returns how many could not be scored (unreadable, or a non-finite score),
     each named in its row. The command exits 1 when that is not 0."""
-    if args.size is not None and args.size < 1:
-        raise InputError(f"--size: a crop size must be >= 1 px, got {args.size}")
+    check_size(args.size)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
     files = expand(args.paths)
-    size = args.size or cfg["eval"]["size"] or cfg["patch"]
+    size = crop_size(args.size, cfg)
     ds = EvalDataset([(f, -1) for f in files], size, args.crop, Perturbation(), min_side=min_input_side(model))
     writer = None if args.json else csv.writer(out)
     if writer:

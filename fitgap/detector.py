@@ -41,6 +41,18 @@ def load_detector(path: str, device) -> Tuple[Detector, Dict[str, Any]]:
     return model.to(device).eval(), cfg
 
 
+def check_size(size: Optional[int]) -> None:
+    """--size: refuse a non-positive crop size before any work (0 used to mean "the default")."""
+    if size is not None and size < 1:
+        raise InputError(f"--size: a crop size must be >= 1 px, got {size}")
+
+
+def crop_size(size: Optional[int], cfg: Dict[str, Any]) -> int:
+    """The evaluation crop: --size when given, else the checkpoint's eval.size, else its patch."""
+    check_size(size)
+    return size if size is not None else (cfg["eval"]["size"] or cfg["patch"])
+
+
 MAX_CROPS = 64  # crops per forward pass: peak memory does not depend on image size or count
 
 

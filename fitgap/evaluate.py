@@ -7,6 +7,7 @@ marked, because a detector's number there may measure file history rather than g
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -20,7 +21,7 @@ from .progress import progress
 from . import distributed as D
 from .benchmarks import Subset, load_benchmark
 from .files import atomic_write_text
-from .detector import MAX_CROPS, load_detector, score_crops
+from .detector import MAX_CROPS, check_size, crop_size, load_detector, score_crops
 from .models import min_input_side
 from .evaldata import EvalDataset, Perturbation, collate_eval
 from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
@@ -269,8 +270,6 @@ def default_out_dir(args, perturb: Perturbation) -> str:
     """<checkpoint folder>/eval_<...>: the name encodes everything that changes the scores (benchmark,
     split, subsets, crop mode and size, perturbation) and where a threshold came from, so two different
     evaluations never share a folder."""
-    import hashlib
-
     parts = [args.bench, args.split or "default", f"{args.crop}{args.size or ''}"]
     if args.subsets:
         names = "+".join(args.subsets)
@@ -309,8 +308,7 @@ def run(args) -> Dict[str, Any]:
     perturb.check()
     if args.max_crops < 1:
         raise InputError(f"--max-crops: must be >= 1, got {args.max_crops}")
-    if args.size is not None and args.size < 1:
-        raise InputError(f"--size: a crop size must be >= 1 px, got {args.size}")
+    check_size(args.size)
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (None, None)
     out = args.out or default_out_dir(args, perturb)
     check_out_dir(out, args.threshold_from)
@@ -319,7 +317,7 @@ def run(args) -> Dict[str, Any]:
     # rank 0 lists, every rank scores its share of that one listing (scores are matched by index)
     subsets = D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
                                  real_root=args.real_root)
-    crop = args.size or cfg["eval"]["size"] or cfg["patch"]
+    crop = crop_size(args.size, cfg)
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,
                               args.batch, args.workers, info, amp=args.amp, threshold=threshold,

@@ -38,7 +38,7 @@ from .progress import progress
 from .benchmarks import BENCHES, load_benchmark
 from .files import atomic_write_text
 from .data import ImageError, decode_rgb
-from .detector import load_detector, score_crops
+from .detector import crop_size, load_detector, score_crops
 from .evaldata import ANTIALIAS_CHOICE, RESIZE_KERNELS, Perturbation, center_crop, collate_eval, stack_uint8, tiles
 from .errors import InputError
 
@@ -361,9 +361,7 @@ def run(args) -> Dict[str, Any]:
     if not any(s.status == "ok" for s in subsets):
         raise InputError(f"no subset to score: {', '.join(f'{s.name} ({s.status})' for s in subsets)}"
                          + (" (check the --subsets names)" if args.subsets else ""))
-    if args.size is not None and args.size < 1:
-        raise InputError(f"--size: a crop size must be >= 1 px, got {args.size}")
-    crop = args.size or cfg["eval"]["size"] or cfg["patch"]
+    crop = crop_size(args.size, cfg)
     n = cfg["normalize"]
     title = run_title(args.bench, args.ckpt, None) + (f", every image re-encoded as {args.reencode} first"
                                                       if args.reencode else "")

@@ -31,9 +31,9 @@ that epoch is not the same (it says so).
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
-import heapq
 import re
 import tarfile
 from dataclasses import dataclass
