@@ -4,7 +4,7 @@
 2. pre-train with configs/demo_pretrain.yaml on the training photos (real images only) and probe
    the encoder on held-out photos;
 3. fine-tune on ONE generator family (tconv) from the pre-trained encoder, and from scratch;
-4. evaluate both on all three families (held-out photos);
+4. evaluate both on all five families, GAN-like and diffusion-like (held-out photos);
 5. the shortcut checks: an audit of the mini-benchmark's files (can format or size alone separate
    real from fake?) and the resampling sensitivity of the fine-tuned detector (decisions and AP
    under resizing with several kernels, JPEG and blur);
@@ -126,7 +126,8 @@ def main(argv=None) -> None:
     plot_ablation(results, fig)
     lines = ["# fitgap demo report", "",
              "Pre-trained on real photos only (configs/demo_pretrain.yaml), fine-tuned on ONE generator "
-             "family of the mini-benchmark (tconv), evaluated on all three families with held-out photos. "
+             "family of the mini-benchmark (tconv), evaluated on all five (three GAN-like decoders, pixel "
+             "diffusion, a latent-diffusion decoder) with held-out photos. "
              "The scratch row is the same fine-tuning without pre-training (the paper's Table 3 in "
              "miniature).", ""]
     if probe:

@@ -268,8 +268,34 @@ def test_minibench_builds_once(tmp_path, monkeypatch):
             assert len(real) == len(fake) > 20 and all(f.endswith(".png") for f in real + fake)
     im = Image.open(os.path.join(cache, "test", "tconv", "1_fake", "0000.png"))
     assert im.size == (minibench.TILE, minibench.TILE) and im.format == "PNG"
+    assert set(minibench.FAMILIES) >= {"tconv", "nearest", "pshuffle", "pixdiff", "ldm"}
+    info = json.loads(open(os.path.join(cache, "BUILT.json")).read())
+    for fam in minibench.FAMILIES:  # how far each family's fakes are from the reals, and a trivial baseline
+        stats = info["per_family"][fam]
+        assert 5 < stats["psnr_test"] < 99 and 0 <= stats["spectrum_ap_test"] <= 1
     monkeypatch.setattr(minibench, "build_minibench", lambda *a, **k: pytest.fail("rebuilt"))
     assert minibench.ensure_minibench(cache) == cache
+
+
+def test_diffusion_families_generate_every_pixel_with_their_network():
+    from fitgap import minibench as M
+
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 256, (M.TILE, M.TILE, 3), dtype=np.uint8) for _ in range(3)]
+    unet = M.train_denoiser(tiles, 2, seed=0)
+    a, b = M.sdedit(unet, tiles, seed=5), M.sdedit(unet, tiles, seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # seeded
+    assert all(x.shape == t.shape and x.dtype == np.uint8 and (x != t).mean() > 0.9 for x, t in zip(a, tiles))
+    ab = M.alpha_bars()
+    assert ab[0] == 1.0 and bool((ab[1:] < ab[:-1]).all()) and ab[-1] < 0.01
+    ldm = M.LatentAutoEncoder()
+    with torch.no_grad():
+        z = ldm.encoder(torch.zeros(1, 3, 128, 128))
+        assert z.shape == (1, 4, 16, 16) and ldm.decoder(z).shape == (1, 3, 128, 128)  # 4 channels at 1/8
+    # the spectrum baseline tells white noise from its 4x block-upsampled copy, and not from itself
+    smooth = [np.repeat(np.repeat(t[::4, ::4], 4, 0), 4, 1) for t in tiles]
+    assert M.spectrum_baseline_ap({"real": tiles, "fake": smooth}, {"real": tiles, "fake": smooth}) == 1.0
+    assert M.psnr(tiles, tiles) == 99.0
 
 
 def test_demo_scratch_ablation_trains_the_pretraining_architecture():
