@@ -46,6 +46,10 @@ def get_args_parser():
     p.add_argument("--threshold-from", default=None,
                    help="also report accuracy at a threshold fitted on a validation evaluation "
                         "(its folder, results.json or scores.csv) or given as JSON {\"threshold\": t}")
+    p.add_argument("--calibration", default=None,
+                   help="a calibration.json (python -m fitgap.calibrate): report calibrated NLL, ECE, Cllr and "
+                        "the real / unsure / fake verdict shares beside the raw numbers; refused when the "
+                        "evaluation shares files with the set it was fitted on")
     p.add_argument("--no-audit", dest="audit", action="store_false",
                    help="skip the metadata-only shortcut check (header reads) beside each subset")
     p.add_argument("--out", default=None, help="output folder")

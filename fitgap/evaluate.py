@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch.utils.data import DataLoader
 from .progress import progress
@@ -21,7 +21,7 @@ from .progress import progress
 from . import distributed as D
 from .benchmarks import Subset, load_benchmark
 from .files import atomic_write_text
-from .detector import MAX_CROPS, check_size, crop_size, load_detector, score_crops
+from .detector import MAX_CROPS, check_size, crop_size, load_detector, score_crops, score_logits, sigmoid
 from .models import min_input_side
 from .evaldata import EvalDataset, Perturbation, collate_eval
 from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
@@ -31,10 +31,13 @@ NON_FINITE = "non-finite score"
 
 
 def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation, device, batch: int,
-            workers: int, info: D.DistInfo, desc: str = "", amp: str = "none", max_crops: int = MAX_CROPS):
+            workers: int, info: D.DistInfo, desc: str = "", amp: str = "none", max_crops: int = MAX_CROPS,
+            logits: bool = False):
     """Scores of `items` ([(path, label)]), split over ranks without padding and gathered.
-    Returns (scores {index: p_fake}, skipped {index: reason}); an image whose score is not finite
-    (NaN logits) is skipped with the reason NON_FINITE, so that everything else is still reported."""
+    Returns (scores {index: p_fake, or the mean logit with logits=True}, skipped {index: reason}); an
+    image whose score is not finite (NaN logits) is skipped with the reason NON_FINITE, so that
+    everything else is still reported."""
+    score = score_logits if logits else score_crops
     mine = list(range(info.rank, len(items), info.world_size))
     ds = EvalDataset([items[i] for i in mine], crop, mode, perturb, min_side=min_input_side(model))
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
@@ -45,7 +48,7 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
             if g[0] is None:
                 skipped[mine[g[2]]] = g[3]
         if ok:
-            for g, s in zip(ok, score_crops(model, [g[0] for g in ok], device, amp, max_crops, mean, std)):
+            for g, s in zip(ok, score(model, [g[0] for g in ok], device, amp, max_crops, mean, std)):
                 if math.isfinite(s):
                     scores[mine[g[2]]] = s
                 else:
@@ -59,12 +62,14 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
 
 def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, std, perturb: Perturbation,
                      device, batch: int = 32, workers: int = 2, info: Optional[D.DistInfo] = None,
-                     amp: str = "none", threshold: Optional[float] = None, max_crops: int = MAX_CROPS
-                     ) -> Dict[str, Any]:
-    """Per-subset metrics at 0.5 (and at `threshold`, a threshold fitted elsewhere, when given).
+                     amp: str = "none", threshold: Optional[float] = None, max_crops: int = MAX_CROPS,
+                     calibration: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Per-subset metrics at 0.5 (and at `threshold`, a threshold fitted elsewhere, when given; with a
+    `calibration` (calibration.json), the calibrated numbers and verdict shares under "calibrated").
     The per-image scores are kept under "_scores" (written as scores.csv, not into results.json)."""
     info = info or D.DistInfo(device=device)
     rows, notes, per_image = [], [], []
+    pooled: List[Tuple[int, float]] = []
     for sub in subsets:
         if sub.status != "ok":
             rows.append({"subset": sub.name, "status": sub.status, "n": 0, "skipped": 0,
@@ -74,8 +79,9 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
             continue
         if sub.note:
             notes.append(f"{sub.name}: {sub.note}")
-        scores, skipped = predict(model, sub.items, crop, mode, mean, std, perturb, device, batch,
-                                  workers, info, desc=sub.name, amp=amp, max_crops=max_crops)
+        logits, skipped = predict(model, sub.items, crop, mode, mean, std, perturb, device, batch,
+                                  workers, info, desc=sub.name, amp=amp, max_crops=max_crops, logits=True)
+        scores = {i: sigmoid(v) for i, v in logits.items()}  # what score_crops gives, from the same logits
         idx = sorted(scores)
         m = subset_metrics([sub.items[i][1] for i in idx], [scores[i] for i in idx], fitted_threshold=threshold)
         failed = [i for i, r in skipped.items() if r == NON_FINITE]
@@ -83,13 +89,52 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
         extra = ([f"{unreadable} unreadable image(s) skipped"] if unreadable else []) + \
                 ([f"{len(failed)} image(s) failed: {NON_FINITE}"] if failed else [])
         m["notes"] = "; ".join(x for x in (sub.note, m["notes"], *extra) if x)
+        if calibration is not None:
+            m["calibrated"] = calibrated_metrics([sub.items[i][1] for i in idx], [logits[i] for i in idx],
+                                                 calibration)
+            pooled += [(sub.items[i][1], logits[i]) for i in idx]
         rows.append({"subset": sub.name, "status": "ok", "skipped": unreadable, "failed": len(failed),
                      "skipped_files": [sub.items[i][0] for i in sorted(skipped) if i not in failed][:10],
                      "failed_files": [sub.items[i][0] for i in sorted(failed)][:10], **m})
         per_image += [(sub.name, p, y, scores.get(i), skipped.get(i, "")) for i, (p, y) in enumerate(sub.items)]
     mean = {"subset": "mean", "status": "ok", **mean_row([r for r in rows if r["status"] == "ok"])}
-    return {"rows": rows, "mean": mean, "notes": notes, "perturbation": perturb.describe(),
-            "crop": {"size": crop, "mode": mode}, "threshold": threshold, "_scores": per_image}
+    out = {"rows": rows, "mean": mean, "notes": notes, "perturbation": perturb.describe(),
+           "crop": {"size": crop, "mode": mode}, "threshold": threshold, "_scores": per_image}
+    if calibration is not None and pooled:
+        out["calibrated_pooled"] = calibrated_metrics([y for y, _ in pooled], [z for _, z in pooled], calibration)
+    return out
+
+
+def calibrated_metrics(labels: Sequence[int], logits: Sequence[float], calibration: Dict[str, Any]) -> Dict[str, Any]:
+    """Beside the raw numbers: ECE and NLL before and after the calibration's temperature, balanced NLL
+    and Cllr of the logits, the share of each verdict per class and the accuracy on decided images."""
+    import numpy as np
+
+    from . import calibration as K
+    from .metrics import ece
+
+    y, z = np.asarray(labels), np.asarray(logits, dtype=np.float64)
+    t = float(calibration["temperature"])
+    both = bool((y == 0).any() and (y == 1).any())
+    return {"nll_before": K.nll(y, z), "nll_after": K.nll(y, z, t), "ece_before": ece(y, K.sigmoid(z)),
+            "ece_after": ece(y, K.sigmoid(z / t)), "balanced_nll": K.balanced_nll(y, z, t) if both else None,
+            "cllr_before": K.cllr(y, z) if both else None, "cllr_after": K.cllr(y, z, t) if both else None,
+            **K.verdict_shares(y, K.sigmoid(z / t), calibration["thresholds"])}
+
+
+def check_calibration_set(calibration: Dict[str, Any], subsets: List[Subset]) -> None:
+    """Refuse an evaluation that shares files with the set its calibration was fitted on."""
+    from .calibration import file_ids
+
+    fitted = set(calibration.get("fitted_on", {}).get("file_ids") or ())
+    if not fitted:
+        return
+    shared = fitted & set(file_ids(p for s in subsets for p, _ in s.items))
+    if shared:
+        where = calibration.get("fitted_on", {})
+        raise InputError(f"--calibration: {len(shared)} image(s) of this evaluation are in the set the calibration "
+                         f"was fitted on ({where.get('bench')} {where.get('root')}, split {where.get('split')}): "
+                         "fit it on a validation set that is not judged here")
 
 
 def _fmt(v) -> str:
@@ -137,6 +182,38 @@ def format_markdown(result: Dict[str, Any], title: str = "") -> str:
                          "so the detector's number may measure that; check with `python -m fitgap.robustness "
                          "--reencode jpeg:95`." if flagged else "No subset is flagged (all < 90)."))
     return "\n".join(lines)
+
+
+def format_calibrated(result: Dict[str, Any]) -> List[str]:
+    """The calibrated table: NLL, ECE and Cllr before and after the temperature, and the verdicts."""
+    cal = result.get("calibration")
+    if not cal:
+        return []
+    th, fit = cal["thresholds"], cal.get("fitted_on", {})
+    lines = ["", f"**Calibrated verdicts** ({cal['file']}: temperature {cal['temperature']:.3f}; fake at P >= "
+             f"{th['fake']:.4f}, real at P <= {th['real']:.4f}, unsure between; fitted on {fit.get('bench')} "
+             f"{fit.get('root')}, split {fit.get('split')}, for at most {100 * cal['targets']['fpr']:g}% of reals called "
+             f"fake and {100 * cal['targets']['fnr']:g}% of fakes called real)", "",
+             "| subset | NLL | ECE | Cllr | reals: real / unsure / fake | fakes: real / unsure / fake | decided | acc on decided |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = [(r["subset"], r.get("calibrated")) for r in result["rows"]]
+    rows.append(("**pooled**", result.get("calibrated_pooled")))
+
+    def two(c, a, b, scale=1.0, fmt="{:.3f}"):
+        if c.get(a) is None or c.get(b) is None:
+            return "-"
+        return f"{fmt.format(scale * c[a])} -> {fmt.format(scale * c[b])}"
+
+    for name, c in rows:
+        if not c:
+            continue
+        shares = lambda d: " / ".join(_fmt(d.get(k)) for k in ("real", "unsure", "fake"))  # noqa: E731
+        lines.append(f"| {name} | {two(c, 'nll_before', 'nll_after')} | {two(c, 'ece_before', 'ece_after', 100, '{:.1f}')} | "
+                     f"{two(c, 'cllr_before', 'cllr_after')} | {shares(c['real'])} | {shares(c['fake'])} | "
+                     f"{_fmt(c.get('decided'))} | {_fmt(c.get('acc_decided'))} |")
+    lines += ["", "NLL in nats and Cllr in bits before -> after the temperature; ECE in %; verdict shares in % of "
+              "each class."]
+    return lines
 
 
 def format_csv(result: Dict[str, Any]) -> str:
@@ -197,7 +274,8 @@ def write_results(result: Dict[str, Any], out_dir: str, title: str = "") -> None
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(public, indent=2))
     atomic_write_text(os.path.join(out_dir, "results.csv"), format_csv(result))
-    atomic_write_text(os.path.join(out_dir, "results.md"), format_markdown(result, title) + "\n")
+    atomic_write_text(os.path.join(out_dir, "results.md"),
+                      "\n".join([format_markdown(result, title), *format_calibrated(result)]) + "\n")
     atomic_write_text(os.path.join(out_dir, "scores.csv"), format_scores(result))
     plot_reliability(result, os.path.join(out_dir, "reliability.png"))
 
@@ -279,6 +357,8 @@ def default_out_dir(args, perturb: Perturbation) -> str:
         parts.append(perturb.describe())
     if args.threshold_from:
         parts.append("t-" + hashlib.sha1(os.path.abspath(args.threshold_from).encode()).hexdigest()[:8])
+    if getattr(args, "calibration", None):
+        parts.append("cal-" + hashlib.sha1(os.path.abspath(args.calibration).encode()).hexdigest()[:8])
     return os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval_" + "_".join(parts))
 
 
@@ -310,6 +390,11 @@ def run(args) -> Dict[str, Any]:
         raise InputError(f"--max-crops: must be >= 1, got {args.max_crops}")
     check_size(args.size)
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (None, None)
+    calibration = None
+    if getattr(args, "calibration", None):
+        from .calibrate import load_calibration
+
+        calibration = load_calibration(args.calibration)
     out = args.out or default_out_dir(args, perturb)
     check_out_dir(out, args.threshold_from)
     info = D.init(args.device)
@@ -317,13 +402,20 @@ def run(args) -> Dict[str, Any]:
     # rank 0 lists, every rank scores its share of that one listing (scores are matched by index)
     subsets = D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
                                  real_root=args.real_root)
+    if calibration is not None:
+        check_calibration_set(calibration, subsets)
     crop = crop_size(args.size, cfg)
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,
                               args.batch, args.workers, info, amp=args.amp, threshold=threshold,
-                              max_crops=args.max_crops)
+                              max_crops=args.max_crops, calibration=calibration)
     result.update({"checkpoint": os.path.abspath(args.ckpt), "bench": args.bench, "root": args.root,
                    "threshold_from": threshold_from})
+    if calibration is not None:
+        result["calibration"] = {"file": os.path.abspath(args.calibration),
+                                 **{k: calibration.get(k) for k in ("temperature", "thresholds", "targets")},
+                                 "fitted_on": {k: v for k, v in calibration.get("fitted_on", {}).items()
+                                               if k != "file_ids"}}
     if info.is_main:
         if args.audit:
             from .audit import audit
@@ -334,6 +426,6 @@ def run(args) -> Dict[str, Any]:
                 r["metadata_ap"], r["shortcut"] = c.get("metadata_ap"), c.get("shortcut", False)
         title = run_title(args.bench, args.ckpt, perturb)
         write_results(result, out, title)
-        print(format_markdown(result, title), flush=True)
+        print("\n".join([format_markdown(result, title), *format_calibrated(result)]), flush=True)
         print(f"\nwritten to {out}/results.{{json,csv,md}}, scores.csv, reliability.png", flush=True)
     return result

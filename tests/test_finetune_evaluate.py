@@ -457,3 +457,38 @@ def test_ranks_score_rank_0s_listing_even_when_their_own_differs(tree, pretraine
     one, two = scores(tmp_path / "one"), scores(tmp_path / "two")
     assert one.keys() == two.keys() and len(one) == 24
     assert all(abs(float(one[k]) - float(two[k])) < 1e-5 for k in one)
+
+
+def test_calibrate_then_evaluate_with_its_verdicts(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "cal", pretrained, "train.epochs=1"))
+    val, test = tmp_path / "val", tmp_path / "test"
+    make_tree(str(val), subsets=("v",), n=8)
+    make_tree(str(test), subsets=("t",), n=6)
+    ckpt_path = str(tmp_path / "cal" / "best.pt")
+    r = run(["-m", "fitgap.calibrate", "--ckpt", ckpt_path, "--bench", "folder", "--root", str(val),
+             "--device", "cpu", "--workers", "0", "--fpr", "0.125", "--fnr", "0.125"])
+    doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert doc["temperature"] > 0 and doc["counts"] == {"real": 8, "fake": 8} and "temperature" in r.stdout
+    assert doc["reached"]["fpr"] <= 0.125 and doc["reached"]["fnr"] <= 0.125  # reached on its own set
+    assert len(doc["fitted_on"]["file_ids"]) == 16 and doc["fitted_on"]["bench"] == "folder"
+    out = tmp_path / "ev"
+    r = run(["evaluate.py", "--ckpt", ckpt_path, "--bench", "folder", "--root", str(test), "--out", str(out),
+             "--device", "cpu", "--workers", "0", "--calibration", str(tmp_path / "cal" / "calibration.json")])
+    res = json.loads((out / "results.json").read_text())
+    c = res["rows"][0]["calibrated"]
+    for key in ("nll_before", "nll_after", "ece_before", "ece_after", "cllr_before", "cllr_after", "decided"):
+        assert c[key] is not None, key
+    assert abs(sum(c["real"].values()) - 1) < 1e-9 and abs(sum(c["fake"].values()) - 1) < 1e-9
+    assert res["calibration"]["temperature"] == doc["temperature"] and "file_ids" not in res["calibration"]["fitted_on"]
+    assert "Calibrated verdicts" in (out / "results.md").read_text() and "Calibrated verdicts" in r.stdout
+    # the calibration set is not judged: evaluating on it is refused before any scoring
+    r = run(["evaluate.py", "--ckpt", ckpt_path, "--bench", "folder", "--root", str(val), "--out", str(tmp_path / "x"),
+             "--device", "cpu", "--workers", "0", "--calibration", str(tmp_path / "cal" / "calibration.json")],
+            check=False)
+    assert r.returncode == 2 and "16 image(s) of this evaluation are in the set" in r.stderr, r.stderr[-1500:]
+    (tmp_path / "bad.json").write_text('{"temperature": -1, "thresholds": {"fake": 0.9, "real": 0.1}}')
+    r = run(["evaluate.py", "--ckpt", ckpt_path, "--bench", "folder", "--root", str(test), "--device", "cpu",
+             "--calibration", str(tmp_path / "bad.json")], check=False)
+    assert r.returncode == 2 and "out of range" in r.stderr
+    r = run(["-m", "fitgap.calibrate", "--ckpt", ckpt_path, "--bench", "mini", "--split", "test"], check=False)
+    assert r.returncode == 2 and "calibrate on train" in r.stderr
