@@ -1,9 +1,19 @@
-"""Score single images or folders with a detector: P(fake) per file.
-
-Exit code 0 when every file was scored, 1 when some could not be (each named with its reason in the
-error column; JSON lines give null for a missing score), 2 for bad arguments.
+"""Score single images or folders with a detector: P(fake), a verdict, and the reasons behind it.
 
     python -m fitgap.detect --ckpt runs/finetune/best.pt photo.jpg folder/ [--json] [--crop tiles]
+
+Per file: the raw P(fake); with a calibration (calibration.json beside the checkpoint, or
+--calibration FILE; fit one with python -m fitgap.calibrate) the calibrated P(fake) and a verdict,
+real / unsure / fake, between the two fitted thresholds; without one, the verdict is P(fake) > 0.5 and
+the output says it is uncalibrated. Reasons: the resampling check (the image is also scored after
+bilinear x0.9 and x1.1, antialiased, and a JPEG q95 re-encode, the operations this detector reads; when
+any of them lands on another verdict, the verdict is `unsure`, naming it) and the file facts the audit
+reads (format, size, JPEG quality, EXIF), so a reader sees when a file is of a kind the detector was
+not calibrated on.
+
+Exit code 0 when every file was scored, 1 when some could not be (each named with its reason in the
+error column; JSON lines give null for a missing value), 2 for bad arguments. A closed pipe
+(`... | head`) ends the command quietly.
 """
 from __future__ import annotations
 
@@ -13,13 +23,22 @@ import json
 import math
 import os
 import sys
+from typing import Any, Dict, List, Optional
 
+from . import calibration as K
 from . import distributed as D
-from .data import list_images
-from .detector import check_size, crop_size, load_detector, score_crops
-from .evaldata import EvalDataset, Perturbation
+from .data import ImageError, decode_rgb, list_images
+from .detector import check_size, crop_size, load_detector, score_logits
+from .errors import MissingInput
+from .evaldata import Perturbation, center_crop, stack_uint8, tiles
 from .models import min_input_side
-from .errors import InputError, MissingInput
+
+NON_FINITE = "non-finite score"
+# the resampling check: mild versions of what the detector reads, each scored beside the image itself
+CONSISTENCY = {"bilinear x0.9": Perturbation(resize=0.9), "bilinear x1.1": Perturbation(resize=1.1),
+               "jpeg q95": Perturbation(jpeg=95)}
+COLUMNS = ["path", "p_fake", "p_calibrated", "verdict", "label", "reasons", "format", "width", "height",
+           "jpeg_quality", "exif", "error"]
 
 
 def expand(paths):
@@ -36,16 +55,71 @@ def expand(paths):
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("paths", nargs="+", help="image files or folders (recursive)")
-    p.add_argument("--crop", default="center", choices=["center", "tiles"])
-    p.add_argument("--size", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--ckpt", required=True, help="a detector checkpoint (finetune.py's best.pt)")
+    p.add_argument("paths", nargs="+", help="image files or folders (folders are searched recursively)")
+    p.add_argument("--calibration", default=None,
+                   help="calibration.json to read (default: the one beside the checkpoint, if any; "
+                        "'none' for raw scores only)")
+    p.add_argument("--crop", default="center", choices=["center", "tiles"],
+                   help="one centre crop at native resolution, or the mean logit over tiles (default center)")
+    p.add_argument("--size", type=int, default=None, help="crop size in px (default: the checkpoint's)")
+    p.add_argument("--no-consistency", dest="consistency", action="store_false",
+                   help="skip the resampling check (3 extra forward passes per file; default: on)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of CSV (default CSV)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     return p
 
 
-NON_FINITE = "non-finite score"
+def find_calibration(arg: Optional[str], ckpt: str) -> Optional[Dict[str, Any]]:
+    from .calibrate import load_calibration
+
+    if arg is not None:
+        return None if arg.lower() == "none" else load_calibration(arg)
+    beside = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "calibration.json")
+    return load_calibration(beside) if os.path.isfile(beside) else None
+
+
+def file_facts(path: str) -> Dict[str, Any]:
+    from .audit import read_header
+
+    h = read_header(path)
+    return {"format": h.get("format"), "width": h.get("width"), "height": h.get("height"),
+            "jpeg_quality": h.get("jpeg_quality"), "exif": h.get("exif")}
+
+
+def judge(logits: Dict[str, float], calibration: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Verdict and reasons from the logits of the image ("image") and of its resampled versions."""
+    t = float(calibration["temperature"]) if calibration else 1.0
+    th = calibration["thresholds"] if calibration else None
+    probs = {k: float(K.sigmoid(v / t)) for k, v in logits.items()}
+
+    def decide(p):
+        return K.verdict(p, th) if th else ("fake" if p > 0.5 else "real")
+
+    base = decide(probs["image"])
+    reasons = [] if calibration else ["uncalibrated: P(fake) > 0.5 is not a fitted threshold"]
+    moved = [f"{k} -> {decide(p)} (P {p:.3f})" for k, p in probs.items() if k != "image" and decide(p) != base]
+    if moved:
+        reasons.append(f"resampling check: {base} as it is, but " + "; ".join(moved))
+    return {"p_calibrated": probs["image"] if calibration else None,
+            "verdict": "unsure" if moved else base, "reasons": reasons,
+            "consistency": {k: p for k, p in probs.items() if k != "image"} or None}
+
+
+def score_file(model, path: str, size: int, mode: str, cfg, device, min_side: int, check: bool
+               ) -> Dict[str, float]:
+    """Mean logit of the image's crops, and of its resampled versions when `check`."""
+    a = decode_rgb(path)
+    versions = {"image": a}
+    if check:
+        versions.update({k: p(a) for k, p in CONSISTENCY.items()})
+    crops = []
+    for k, v in versions.items():
+        if min(v.shape[:2]) < min_side:
+            raise ImageError(f"too small for the encoder ({k}): {v.shape[1]}x{v.shape[0]} < {min_side} px")
+        crops.append(stack_uint8([center_crop(v, size)] if mode == "center" else tiles(v, size)))
+    n = cfg["normalize"]
+    return dict(zip(versions, score_logits(model, crops, device, mean=n["mean"], std=n["std"])))
 
 
 def main(args, out=sys.stdout) -> int:
@@ -54,35 +128,63 @@ def main(args, out=sys.stdout) -> int:
     check_size(args.size)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
+    calibration = find_calibration(args.calibration, args.ckpt)
     files = expand(args.paths)
     size = crop_size(args.size, cfg)
-    ds = EvalDataset([(f, -1) for f in files], size, args.crop, Perturbation(), min_side=min_input_side(model))
+    min_side = min_input_side(model)
     writer = None if args.json else csv.writer(out)
     if writer:
-        writer.writerow(["path", "p_fake", "label", "error"])
+        writer.writerow(COLUMNS)
     failed = 0
-    for i in range(len(ds)):
-        crops, _, _, err = ds[i]
-        p = None
-        if crops is not None:
-            p = score_crops(model, [crops], info.device, mean=cfg["normalize"]["mean"],
-                            std=cfg["normalize"]["std"])[0]
-            if not math.isfinite(p):
-                p, err = None, NON_FINITE
-        failed += p is None
-        label = "" if p is None else ("fake" if p > 0.5 else "real")
-        if writer:
-            writer.writerow([files[i], "" if p is None else f"{p:.6f}", label, err])
-        else:
-            out.write(json.dumps({"path": files[i], "p_fake": p, "label": label or None, "error": err or None},
-                                 allow_nan=False) + "\n")
+    for path in files:
+        rec: Dict[str, Any] = {"path": path, "p_fake": None, "p_calibrated": None, "verdict": None, "label": None,
+                               "reasons": [], "calibrated": calibration is not None, "file": file_facts(path),
+                               "consistency": None, "error": None}
+        try:
+            logits = score_file(model, path, size, args.crop, cfg, info.device, min_side, args.consistency)
+            if not all(math.isfinite(v) for v in logits.values()):
+                raise ImageError(NON_FINITE)
+            rec["p_fake"] = float(K.sigmoid(logits["image"]))
+            rec["label"] = "fake" if rec["p_fake"] > 0.5 else "real"
+            rec.update(judge(logits, calibration))
+        except ImageError as exc:
+            rec["error"] = str(exc)
+            failed += 1
+        write_record(rec, writer, out)
     out.flush()
     if failed:
         print(f"{failed} of {len(files)} file(s) not scored (see their error column)", file=sys.stderr, flush=True)
     return failed
 
 
-if __name__ == "__main__":
+def write_record(rec: Dict[str, Any], writer, out) -> None:
+    if writer is None:
+        out.write(json.dumps(rec, allow_nan=False) + "\n")
+        return
+    f = rec["file"]
+    row = [rec["path"], _num(rec["p_fake"]), _num(rec["p_calibrated"]), rec["verdict"] or "", rec["label"] or "",
+           " | ".join(rec["reasons"]), f.get("format") or "", f.get("width") or "", f.get("height") or "",
+           "" if f.get("jpeg_quality") is None else f["jpeg_quality"], "" if f.get("exif") is None else int(f["exif"]),
+           rec["error"] or ""]
+    writer.writerow(row)
+
+
+def _num(v: Optional[float]) -> str:
+    return "" if v is None else f"{v:.6f}"
+
+
+def cli(argv: Optional[List[str]] = None) -> None:
     from .cli import run_main
 
-    sys.exit(1 if run_main(main, get_args_parser().parse_args()) else 0)
+    try:
+        failed = run_main(main, get_args_parser().parse_args(argv))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    cli()

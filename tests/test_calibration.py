@@ -81,3 +81,16 @@ def test_file_ids_tell_whether_two_sets_share_files(tmp_path):
     a = K.file_ids([str(tmp_path / "x.png"), str(tmp_path / "y.png")])
     b = K.file_ids([str(tmp_path / "y.png"), str(tmp_path / "z.png")])
     assert len(a) == 2 and len(set(a) & set(b)) == 1 and all(len(x) == 16 for x in a)
+
+
+def test_a_verdict_that_moves_under_mild_resampling_is_unsure_with_the_reason():
+    from fitgap.detect import judge
+
+    cal = {"temperature": 2.0, "thresholds": {"fake": 0.9, "real": 0.1}}
+    steady = judge({"image": 8.0, "bilinear x0.9": 7.5, "bilinear x1.1": 9.0, "jpeg q95": 8.2}, cal)
+    assert steady["verdict"] == "fake" and steady["reasons"] == []
+    assert abs(steady["p_calibrated"] - float(K.sigmoid(4.0))) < 1e-12
+    moved = judge({"image": 8.0, "bilinear x0.9": 7.5, "bilinear x1.1": 1.0, "jpeg q95": 8.2}, cal)
+    assert moved["verdict"] == "unsure" and "bilinear x1.1 -> unsure" in moved["reasons"][0]
+    raw = judge({"image": 0.3}, None)  # no calibration: 0.5, and it says so
+    assert raw["verdict"] == "fake" and raw["p_calibrated"] is None and raw["reasons"][0].startswith("uncalibrated")

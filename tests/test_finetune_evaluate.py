@@ -492,3 +492,29 @@ def test_calibrate_then_evaluate_with_its_verdicts(tree, pretrained, tmp_path):
     assert r.returncode == 2 and "out of range" in r.stderr
     r = run(["-m", "fitgap.calibrate", "--ckpt", ckpt_path, "--bench", "mini", "--split", "test"], check=False)
     assert r.returncode == 2 and "calibrate on train" in r.stderr
+
+
+def test_detect_gives_calibrated_verdicts_reasons_and_file_facts(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "dv", pretrained, "train.epochs=1"))
+    ckpt_path = str(tmp_path / "dv" / "best.pt")
+    folder = os.path.join(tree, "b")
+    r = run(["-m", "fitgap.detect", "--ckpt", ckpt_path, folder, "--device", "cpu", "--json"])
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(rows) == 12 and all(x["calibrated"] is False and x["reasons"][0].startswith("uncalibrated") for x in rows)
+    assert all(x["file"]["format"] == "PNG" and x["file"]["width"] == 48 and set(x["consistency"]) ==
+               {"bilinear x0.9", "bilinear x1.1", "jpeg q95"} for x in rows)
+    (tmp_path / "dv" / "calibration.json").write_text(json.dumps(
+        {"temperature": 1.5, "thresholds": {"fake": 0.6, "real": 0.4}, "targets": {"fpr": 0.01, "fnr": 0.05}}))
+    r = run(["-m", "fitgap.detect", "--ckpt", ckpt_path, folder, "--device", "cpu", "--json", "--no-consistency"])
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    for x in rows:  # the calibration beside the checkpoint is read; the verdict follows its thresholds
+        p = x["p_calibrated"]
+        assert x["calibrated"] and x["consistency"] is None and 0 <= p <= 1
+        assert x["verdict"] == ("fake" if p >= 0.6 else "real" if p <= 0.4 else "unsure")
+    r = run(["-m", "fitgap.detect", "--ckpt", ckpt_path, folder, "--device", "cpu"])
+    head = r.stdout.splitlines()[0].split(",")
+    assert head[:4] == ["path", "p_fake", "p_calibrated", "verdict"] and len(r.stdout.splitlines()) == 13
+    # a closed pipe ends it quietly
+    p = subprocess.run(f"{sys.executable} -m fitgap.detect --ckpt {ckpt_path} {folder} --device cpu | head -n 2",
+                       shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert len(p.stdout.splitlines()) == 2 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
