@@ -112,24 +112,6 @@ def run(args) -> Dict[str, Any]:
     return doc
 
 
-def load_calibration(path: str) -> Dict[str, Any]:
-    """A calibration.json, checked for the fields a verdict needs."""
-    from .errors import MissingInput
-
-    if not os.path.isfile(path):
-        raise MissingInput(f"--calibration: {path!r} does not exist (fit one with python -m fitgap.calibrate)")
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-        t = float(doc["temperature"])
-        th = {"fake": float(doc["thresholds"]["fake"]), "real": float(doc["thresholds"]["real"])}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"--calibration: {path} is not a calibration file ({type(exc).__name__}: {exc})") from None
-    if not (t > 0 and all(0 <= v <= 1 for v in th.values())):
-        raise InputError(f"--calibration: {path}: temperature {t} or thresholds {th} out of range")
-    return doc
-
-
 def main(argv=None):
     from .cli import run_main
 

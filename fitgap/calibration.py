@@ -15,10 +15,14 @@ the targets and what they reached there.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+
+from .errors import InputError, MissingInput
 
 VERDICTS = ("real", "unsure", "fake")
 DEFAULT_FPR = 0.01  # share of real images called fake
@@ -128,7 +132,28 @@ def verdict_shares(labels: Sequence[int], probs: Sequence[float], thresholds: Di
 def file_ids(paths: Iterable[str]) -> List[str]:
     """A short fingerprint of every file path (first 16 hex digits of SHA-1 of the absolute path), sorted:
     enough to tell whether two sets share files without storing the paths."""
-    import os
-
     return sorted({hashlib.sha1(os.path.abspath(p).encode("utf-8", "surrogateescape")).hexdigest()[:16]
                    for p in paths})
+
+
+def load_calibration(path: str) -> Dict[str, Any]:
+    """A calibration.json, checked for the fields a verdict needs."""
+    if not os.path.isfile(path):
+        raise MissingInput(f"--calibration: {path!r} does not exist (fit one with python -m fitgap.calibrate)")
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        t = float(doc["temperature"])
+        th = {"fake": float(doc["thresholds"]["fake"]), "real": float(doc["thresholds"]["real"])}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--calibration: {path} is not a calibration file ({type(exc).__name__}: {exc})") from None
+    if not (t > 0 and all(0 <= v <= 1 for v in th.values())):
+        raise InputError(f"--calibration: {path}: temperature {t} or thresholds {th} out of range")
+    return doc
+
+
+def find_calibration(arg: Optional[str], beside: str) -> Optional[Dict[str, Any]]:
+    if arg is not None:
+        return None if arg.lower() == "none" else load_calibration(arg)
+    path = os.path.join(os.path.dirname(os.path.abspath(beside)), "calibration.json")
+    return load_calibration(path) if os.path.isfile(path) else None

@@ -26,12 +26,13 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from . import calibration as K
+from .calibration import find_calibration
 from . import distributed as D
 from .data import ImageError, decode_rgb, list_images
 from .detector import check_size, crop_size, load_detector, score_logits
-from .errors import MissingInput
+from .errors import InputError, MissingInput
 from .evaldata import Perturbation, center_crop, stack_uint8, tiles
-from .models import min_input_side
+from .models import min_input_side, min_side_for_backbone
 
 NON_FINITE = "non-finite score"
 # the resampling check: mild versions of what the detector reads, each scored beside the image itself
@@ -55,7 +56,10 @@ def expand(paths):
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a detector checkpoint (finetune.py's best.pt)")
+    p.add_argument("--ckpt", default=None, help="a detector checkpoint (finetune.py's best.pt)")
+    p.add_argument("--onnx", default=None,
+                   help="score with onnxruntime from a file of python -m fitgap.export instead of a checkpoint "
+                        "(its crop size and calibration come from the file's metadata)")
     p.add_argument("paths", nargs="+", help="image files or folders (folders are searched recursively)")
     p.add_argument("--calibration", default=None,
                    help="calibration.json to read (default: the one beside the checkpoint, if any; "
@@ -68,15 +72,6 @@ def get_args_parser():
     p.add_argument("--json", action="store_true", help="JSON lines instead of CSV (default CSV)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     return p
-
-
-def find_calibration(arg: Optional[str], ckpt: str) -> Optional[Dict[str, Any]]:
-    from .calibrate import load_calibration
-
-    if arg is not None:
-        return None if arg.lower() == "none" else load_calibration(arg)
-    beside = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "calibration.json")
-    return load_calibration(beside) if os.path.isfile(beside) else None
 
 
 def file_facts(path: str) -> Dict[str, Any]:
@@ -106,9 +101,9 @@ def judge(logits: Dict[str, float], calibration: Optional[Dict[str, Any]]) -> Di
             "consistency": {k: p for k, p in probs.items() if k != "image"} or None}
 
 
-def score_file(model, path: str, size: int, mode: str, cfg, device, min_side: int, check: bool
-               ) -> Dict[str, float]:
-    """Mean logit of the image's crops, and of its resampled versions when `check`."""
+def score_file(logits_fn, path: str, size: int, mode: str, min_side: int, check: bool) -> Dict[str, float]:
+    """Mean logit of the image's crops, and of its resampled versions when `check`; `logits_fn` maps
+    a list of uint8 crop stacks to their mean logits (the checkpoint's model, or onnxruntime)."""
     a = decode_rgb(path)
     versions = {"image": a}
     if check:
@@ -118,20 +113,33 @@ def score_file(model, path: str, size: int, mode: str, cfg, device, min_side: in
         if min(v.shape[:2]) < min_side:
             raise ImageError(f"too small for the encoder ({k}): {v.shape[1]}x{v.shape[0]} < {min_side} px")
         crops.append(stack_uint8([center_crop(v, size)] if mode == "center" else tiles(v, size)))
-    n = cfg["normalize"]
-    return dict(zip(versions, score_logits(model, crops, device, mean=n["mean"], std=n["std"])))
+    return dict(zip(versions, logits_fn(crops)))
 
 
 def main(args, out=sys.stdout) -> int:
     """Scores every file; returns how many could not be scored (unreadable, or a non-finite score),
     each named in its row. The command exits 1 when that is not 0."""
     check_size(args.size)
-    info = D.init(args.device)
-    model, cfg = load_detector(args.ckpt, info.device)
-    calibration = find_calibration(args.calibration, args.ckpt)
+    if (args.ckpt is None) == (args.onnx is None):
+        raise InputError("give --ckpt (a checkpoint) or --onnx (an exported detector), one of them")
+    if args.onnx:
+        from .export import OnnxDetector
+
+        onnx = OnnxDetector(args.onnx)
+        logits_fn, size = onnx, onnx.size
+        if args.size not in (None, size):
+            raise InputError(f"--size {args.size}: {args.onnx} was exported for {size}-px crops")
+        min_side = min_side_for_backbone(onnx.encoder.get("backbone", ""))
+        calibration = onnx.calibration if args.calibration is None else find_calibration(args.calibration, args.onnx)
+    else:
+        info = D.init(args.device)
+        model, cfg = load_detector(args.ckpt, info.device)
+        n = cfg["normalize"]
+        logits_fn = lambda crops: score_logits(model, crops, info.device, mean=n["mean"], std=n["std"])  # noqa: E731
+        calibration = find_calibration(args.calibration, args.ckpt)
+        size = crop_size(args.size, cfg)
+        min_side = min_input_side(model)
     files = expand(args.paths)
-    size = crop_size(args.size, cfg)
-    min_side = min_input_side(model)
     writer = None if args.json else csv.writer(out)
     if writer:
         writer.writerow(COLUMNS)
@@ -141,7 +149,7 @@ def main(args, out=sys.stdout) -> int:
                                "reasons": [], "calibrated": calibration is not None, "file": file_facts(path),
                                "consistency": None, "error": None}
         try:
-            logits = score_file(model, path, size, args.crop, cfg, info.device, min_side, args.consistency)
+            logits = score_file(logits_fn, path, size, args.crop, min_side, args.consistency)
             if not all(math.isfinite(v) for v in logits.values()):
                 raise ImageError(NON_FINITE)
             rec["p_fake"] = float(K.sigmoid(logits["image"]))

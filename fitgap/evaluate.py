@@ -392,7 +392,7 @@ def run(args) -> Dict[str, Any]:
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (None, None)
     calibration = None
     if getattr(args, "calibration", None):
-        from .calibrate import load_calibration
+        from .calibration import load_calibration
 
         calibration = load_calibration(args.calibration)
     out = args.out or default_out_dir(args, perturb)

@@ -166,6 +166,15 @@ def encoder_from_config(model_cfg, load_weights: bool = True) -> nn.Module:
                          model_cfg.get("pool_grid", 1))
 
 
+def min_side_for_backbone(name: str) -> int:
+    """min_input_side from an encoder's name alone (for an exported model): the block of
+    fitgap_phase_stats<s>, else 1."""
+    import re
+
+    m = re.fullmatch(r"fitgap_phase_stats(\d+)", name or "")
+    return int(m.group(1)) if m else 1
+
+
 def min_input_side(model: nn.Module) -> int:
     """The smallest crop side `model` accepts: the phase-statistics encoder needs at least one block
     (s x s pixels); the timm backbones take any size."""
