@@ -68,5 +68,6 @@ setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    entry_points={"console_scripts": ["fitgap=fitgap.__main__:main"]},
     python_requires=">=3.10",
 )

@@ -55,3 +55,20 @@ def test_cycle_finder_finds_a_planted_circle():
 
 def test_no_import_circles_in_the_package():
     assert cycles(import_graph()) == []
+
+
+def test_one_entry_point_reaches_every_command():
+    import subprocess
+    import sys
+
+    from fitgap.__main__ import COMMANDS
+
+    root = os.path.dirname(PKG)
+    r = subprocess.run([sys.executable, "-m", "fitgap", "--help"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(f"  {name} " in r.stdout for name in COMMANDS), r.stdout
+    for name in COMMANDS:  # each command's own parser answers, named as the command
+        r = subprocess.run([sys.executable, "-m", "fitgap", name, "--help"], cwd=root, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "usage: fitgap " + name in r.stdout, (name, r.stdout[:300], r.stderr[-500:])
+    r = subprocess.run([sys.executable, "-m", "fitgap", "detekt"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown command 'detekt'" in r.stderr
