@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from torch.utils.data import DataLoader, Dataset
+
 from . import calibration as K
 from .calibration import find_calibration
 from . import distributed as D
@@ -33,6 +35,7 @@ from .detector import check_size, crop_size, load_detector, score_logits
 from .errors import InputError, MissingInput
 from .evaldata import Perturbation, center_crop, stack_uint8, tiles
 from .models import min_input_side, min_side_for_backbone
+from .progress import progress
 
 NON_FINITE = "non-finite score"
 # the resampling check: mild versions of what the detector reads, each scored beside the image itself
@@ -70,6 +73,9 @@ def get_args_parser():
     p.add_argument("--no-consistency", dest="consistency", action="store_false",
                    help="skip the resampling check (3 extra forward passes per file; default: on)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of CSV (default CSV)")
+    p.add_argument("--batch", type=int, default=16, help="files per model call (default 16)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers that decode and crop while the model scores (default 2; 0: none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     return p
 
@@ -101,25 +107,58 @@ def judge(logits: Dict[str, float], calibration: Optional[Dict[str, Any]]) -> Di
             "consistency": {k: p for k, p in probs.items() if k != "image"} or None}
 
 
-def score_file(logits_fn, path: str, size: int, mode: str, min_side: int, check: bool) -> Dict[str, float]:
-    """Mean logit of the image's crops, and of its resampled versions when `check`; `logits_fn` maps
-    a list of uint8 crop stacks to their mean logits (the checkpoint's model, or onnxruntime)."""
+def file_crops(path: str, size: int, mode: str, min_side: int, check: bool) -> Dict[str, Any]:
+    """The uint8 crop stacks of the image and (check) of its resampled versions, as {version: crops}."""
     a = decode_rgb(path)
     versions = {"image": a}
     if check:
         versions.update({k: p(a) for k, p in CONSISTENCY.items()})
-    crops = []
+    crops = {}
     for k, v in versions.items():
         if min(v.shape[:2]) < min_side:
             raise ImageError(f"too small for the encoder ({k}): {v.shape[1]}x{v.shape[0]} < {min_side} px")
-        crops.append(stack_uint8([center_crop(v, size)] if mode == "center" else tiles(v, size)))
-    return dict(zip(versions, logits_fn(crops)))
+        crops[k] = stack_uint8([center_crop(v, size)] if mode == "center" else tiles(v, size))
+    return crops
+
+
+class DetectFiles(Dataset):
+    """path -> (path, {version: uint8 crops} or None, error, file facts): the decoding, resampling,
+    cropping and header reading that DataLoader workers do while the model scores the previous batch."""
+
+    def __init__(self, files: List[str], size: int, mode: str, min_side: int, check: bool):
+        self.files, self.size, self.mode, self.min_side, self.check = files, size, mode, min_side, check
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        path = self.files[i]
+        try:
+            return path, file_crops(path, self.size, self.mode, self.min_side, self.check), None, file_facts(path)
+        except ImageError as exc:
+            return path, None, str(exc), file_facts(path)
+
+
+def score_batch(logits_fn, batch) -> List[Optional[Dict[str, float]]]:
+    """One model call for every crop of every file of a loader batch; per file {version: mean logit}."""
+    flat, where = [], []
+    for k, (_, crops, _, _) in enumerate(batch):
+        for name, c in (crops or {}).items():
+            flat.append(c)
+            where.append((k, name))
+    logits = logits_fn(flat) if flat else []
+    out: List[Optional[Dict[str, float]]] = [None if b[1] is None else {} for b in batch]
+    for (k, name), v in zip(where, logits):
+        out[k][name] = v
+    return out
 
 
 def main(args, out=sys.stdout) -> int:
     """Scores every file; returns how many could not be scored (unreadable, or a non-finite score),
     each named in its row. The command exits 1 when that is not 0."""
     check_size(args.size)
+    if args.batch < 1 or args.workers < 0:
+        raise InputError(f"--batch must be >= 1 and --workers >= 0, got {args.batch} and {args.workers}")
     if (args.ckpt is None) == (args.onnx is None):
         raise InputError("give --ckpt (a checkpoint) or --onnx (an exported detector), one of them")
     if args.onnx:
@@ -144,21 +183,25 @@ def main(args, out=sys.stdout) -> int:
     if writer:
         writer.writerow(COLUMNS)
     failed = 0
-    for path in files:
-        rec: Dict[str, Any] = {"path": path, "p_fake": None, "p_calibrated": None, "verdict": None, "label": None,
-                               "reasons": [], "calibrated": calibration is not None, "file": file_facts(path),
-                               "consistency": None, "error": None}
-        try:
-            logits = score_file(logits_fn, path, size, args.crop, min_side, args.consistency)
-            if not all(math.isfinite(v) for v in logits.values()):
-                raise ImageError(NON_FINITE)
-            rec["p_fake"] = float(K.sigmoid(logits["image"]))
-            rec["label"] = "fake" if rec["p_fake"] > 0.5 else "real"
-            rec.update(judge(logits, calibration))
-        except ImageError as exc:
-            rec["error"] = str(exc)
-            failed += 1
-        write_record(rec, writer, out)
+    ds = DetectFiles(files, size, args.crop, min_side, args.consistency)
+    loader = DataLoader(ds, batch_size=args.batch, num_workers=args.workers if len(files) > 1 else 0,
+                        collate_fn=lambda b: b)
+    bar = progress(total=len(files), desc="detect", unit="img", disable=len(files) < 2, leave=False)
+    for batch in loader:  # in input order: one record per file
+        for (path, _, err, facts), logits in zip(batch, score_batch(logits_fn, batch)):
+            rec: Dict[str, Any] = {"path": path, "p_fake": None, "p_calibrated": None, "verdict": None,
+                                   "label": None, "reasons": [], "calibrated": calibration is not None,
+                                   "file": facts, "consistency": None, "error": err}
+            if logits is not None and not all(math.isfinite(v) for v in logits.values()):
+                rec["error"], logits = NON_FINITE, None
+            if logits is not None:
+                rec["p_fake"] = float(K.sigmoid(logits["image"]))
+                rec["label"] = "fake" if rec["p_fake"] > 0.5 else "real"
+                rec.update(judge(logits, calibration))
+            failed += rec["error"] is not None
+            write_record(rec, writer, out)
+        bar.update(len(batch))
+    bar.close()
     out.flush()
     if failed:
         print(f"{failed} of {len(files)} file(s) not scored (see their error column)", file=sys.stderr, flush=True)

@@ -56,31 +56,39 @@ def crop_size(size: Optional[int], cfg: Dict[str, Any]) -> int:
 MAX_CROPS = 64  # crops per forward pass: peak memory does not depend on image size or count
 
 
-@torch.no_grad()
-def score_logits(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> List[float]:
-    """Mean logit per image from its crops ([K_i, 3, h, w] each: normalised float, or uint8 that is
-    normalised here with mean/std, one chunk at a time). Crops of one shape are batched across images,
-    at most `max_crops` per forward pass, so an image of thousands of tiles runs in chunks and peak
-    memory does not grow with the image."""
+def mean_logits(crops: List[torch.Tensor], forward, max_crops: int = MAX_CROPS) -> List[float]:
+    """Mean logit per image from its crops ([K_i, 3, h, w] each), with `forward` mapping a stacked chunk
+    to its logits (a sequence of floats). Crops of one shape are batched across images, at most
+    `max_crops` per call, so an image of thousands of tiles runs in chunks and peak memory does not grow
+    with the image."""
     sums = [0.0] * len(crops)
     by_shape: Dict[tuple, List[Tuple[int, torch.Tensor]]] = {}
     for i, c in enumerate(crops):
         for k in range(c.shape[0]):
             by_shape.setdefault(tuple(c.shape[1:]), []).append((i, c[k]))
-    with amp_context(amp, device):
-        for group in by_shape.values():
-            for start in range(0, len(group), max_crops):
-                part = group[start:start + max_crops]
-                x = torch.stack([t for _, t in part]).to(device)
-                if x.dtype == torch.uint8:
-                    if mean is None or std is None:
-                        raise ValueError("score_logits: uint8 crops need mean and std")
-                    x = normalize_uint8(x, mean, std)
-                logits = model(x).float().view(-1).cpu().tolist()
-                for (i, _), v in zip(part, logits):
-                    sums[i] += v
+    for group in by_shape.values():
+        for start in range(0, len(group), max_crops):
+            part = group[start:start + max_crops]
+            for (i, _), v in zip(part, forward(torch.stack([t for _, t in part]))):
+                sums[i] += float(v)
     return [s / c.shape[0] for s, c in zip(sums, crops)]
+
+
+@torch.no_grad()
+def score_logits(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> List[float]:
+    """Mean logit per image from its crops (normalised float, or uint8 that is normalised here with
+    mean/std, one chunk at a time; see mean_logits)."""
+    def forward(x):
+        x = x.to(device)
+        if x.dtype == torch.uint8:
+            if mean is None or std is None:
+                raise ValueError("score_logits: uint8 crops need mean and std")
+            x = normalize_uint8(x, mean, std)
+        return model(x).float().view(-1).cpu().tolist()
+
+    with amp_context(amp, device):
+        return mean_logits(crops, forward, max_crops)
 
 
 def score_crops(model, crops: List[torch.Tensor], device, amp: str = "none", max_crops: int = MAX_CROPS,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .detector import crop_size, load_detector
+from .detector import MAX_CROPS, crop_size, load_detector, mean_logits
 from .errors import InputError, MissingInput
 
 INPUT, OUTPUT = "crops", "logit"
@@ -108,14 +108,11 @@ class OnnxDetector:
         self.calibration = json.loads(meta["fitgap.calibration"]) if "fitgap.calibration" in meta else None
         self.encoder = json.loads(meta.get("fitgap.encoder", "{}"))
 
-    def __call__(self, crops: List[torch.Tensor], max_crops: int = 64) -> List[float]:
-        out = []
-        for c in crops:
-            x = np.ascontiguousarray(c.numpy())
-            logits = np.concatenate([self.session.run([OUTPUT], {INPUT: x[i:i + max_crops]})[0].reshape(-1)
-                                     for i in range(0, len(x), max_crops)])
-            out.append(float(logits.astype(np.float64).mean()))
-        return out
+    def __call__(self, crops: List[torch.Tensor], max_crops: int = MAX_CROPS) -> List[float]:
+        def forward(x):
+            return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.numpy())})[0].reshape(-1).tolist()
+
+        return mean_logits(crops, forward, max_crops)
 
 
 def main(argv=None):

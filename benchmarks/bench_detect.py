@@ -1,0 +1,137 @@
+"""`fitgap detect` on a folder against the model alone: is decoding hidden, and what does the
+resampling check cost?
+
+    python benchmarks/bench_detect.py            # 1,000 JPEGs of 500x375 (q90), centre crop and tiles
+
+The JPEGs are cut from the photos that ship in scikit-image / scikit-learn (made once per run in a
+temporary folder). The detector is a randomly initialised resnet10t + Laplacian, the demo's encoder, at
+the demo's 64-px crops: speed does not depend on its weights. Per crop mode (tiles on a tenth of the
+images: 48 tiles each), in one run:
+
+- model alone: score_logits on crops decoded and cut beforehand (nothing but the forward passes), for
+  the image alone (1 version) and with the resampling check's versions (4);
+- detect: fitgap.detect's whole path (DataLoader workers decode, resample and cut, headers are read,
+  rows are written) with --no-consistency and with the check.
+
+Targets (2 cores): detect at >= 0.8x the model-alone rate (decoding hidden), and the check costing no
+more than its extra forward passes (detect with the check at >= 0.8x the 4-version model-alone rate).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import cpu_model, print_table  # noqa: E402
+
+from fitgap import checkpoint as ckpt  # noqa: E402
+from fitgap import detect as det  # noqa: E402
+from fitgap.detector import score_logits  # noqa: E402
+from fitgap.models import Detector, build_encoder  # noqa: E402
+from fitgap.photos import HELDOUT, TRAIN, photo_path  # noqa: E402
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def make_jpegs(folder: str, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(Image.open(photo_path(p)).convert("RGB")) for p in TRAIN + HELDOUT]
+    photos = [p for p in photos if p.shape[0] >= 375 and p.shape[1] >= 500]
+    for i in range(n):
+        a = photos[i % len(photos)]
+        y, x = int(rng.integers(0, a.shape[0] - 375 + 1)), int(rng.integers(0, a.shape[1] - 500 + 1))
+        Image.fromarray(a[y:y + 375, x:x + 500]).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+
+
+def make_detector(path: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = Detector(build_encoder("resnet10t", highpass=True))
+    cfg = {"model": {"backbone": "resnet10t", "pretrained": False, "weights": None, "stem_stride": None,
+                     "stem_pool": True, "highpass": True, "pool_grid": 1},
+           "normalize": {"mean": MEAN, "std": STD}, "patch": size, "eval": {"size": size}}
+    ckpt.atomic_save({"model": model.state_dict(), "config": cfg, "kind": "detector"}, path)
+
+
+def model_alone(model, files, size, mode, check, batch) -> float:
+    """images/s of the forward passes alone, on crops prepared beforehand."""
+    prepared = [det.file_crops(f, size, mode, 1, check) for f in files]
+    flat = [c for crops in prepared for c in crops.values()]
+    per_image = len(flat) // len(prepared)
+    t0 = time.perf_counter()
+    for i in range(0, len(flat), batch * per_image):
+        score_logits(model, flat[i:i + batch * per_image], "cpu", mean=MEAN, std=STD)
+    return len(files) / (time.perf_counter() - t0)
+
+
+def detect_rate(ckpt_path, folder, n, mode, check, batch, workers) -> float:
+    args = det.get_args_parser().parse_args(["--ckpt", ckpt_path, folder, "--crop", mode, "--device", "cpu",
+                                             "--batch", str(batch), "--workers", str(workers), "--calibration",
+                                             "none"] + ([] if check else ["--no-consistency"]))
+    t0 = time.perf_counter()
+    failed = det.main(args, out=io.StringIO())
+    if failed:
+        raise RuntimeError(f"{failed} files failed")
+    return n / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="JPEGs (default 1000)")
+    ap.add_argument("--size", type=int, default=64, help="crop size (default 64, the demo's)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_model()}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}); "
+          f"{args.n} JPEGs 500x375 q90; crop {args.size}; batch {args.batch}; {args.workers} loader workers; "
+          f"{args.threads} threads\n", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "jpegs")
+        os.makedirs(folder)
+        make_jpegs(folder, args.n)
+        path = os.path.join(tmp, "best.pt")
+        make_detector(path, args.size)
+        from fitgap.detector import load_detector
+
+        model, _ = load_detector(path, "cpu")
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        rows, verdicts = [], []
+        for mode in ("center", "tiles"):
+            # tiles: 48 crops per image (500x375 at 64 px), so a tenth of the images
+            n = args.n if mode == "center" else max(16, args.n // 10)
+            sub = os.path.join(tmp, f"jpegs_{mode}")
+            os.makedirs(sub)
+            for f in files[:n]:
+                os.link(f, os.path.join(sub, os.path.basename(f)))
+            alone1 = model_alone(model, files[:n], args.size, mode, False, args.batch)
+            alone4 = model_alone(model, files[:n], args.size, mode, True, args.batch)
+            d1 = detect_rate(path, sub, n, mode, False, args.batch, args.workers)
+            d4 = detect_rate(path, sub, n, mode, True, args.batch, args.workers)
+            mode = f"{mode} ({n} images)"
+            rows += [(mode, "model alone, image only", f"{alone1:,.0f}", "1.00x"),
+                     (mode, "detect --no-consistency", f"{d1:,.0f}", f"{d1 / alone1:.2f}x"),
+                     (mode, "model alone, 4 versions", f"{alone4:,.0f}", "1.00x"),
+                     (mode, "detect (resampling check)", f"{d4:,.0f}", f"{d4 / alone4:.2f}x")]
+            verdicts += [(mode, "detect vs model alone", f"{d1 / alone1:.2f}x", ">= 0.8x",
+                          "met" if d1 / alone1 >= 0.8 else "short"),
+                         (mode, "check vs its forward passes", f"{d4 / alone4:.2f}x", ">= 0.8x",
+                          "met" if d4 / alone4 >= 0.8 else "short")]
+        print_table(["crop", "path", "images/s", "of model alone"], rows, "detect vs the model alone")
+        print()
+        print_table(["crop", "what", "measured", "target", "verdict"], verdicts, "Targets")
+
+
+if __name__ == "__main__":
+    main()
