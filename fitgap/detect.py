@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -70,6 +71,9 @@ def get_args_parser():
     p.add_argument("--crop", default="center", choices=["center", "tiles"],
                    help="one centre crop at native resolution, or the mean logit over tiles (default center)")
     p.add_argument("--size", type=int, default=None, help="crop size in px (default: the checkpoint's)")
+    p.add_argument("--heatmap", default=None, metavar="DIR",
+                   help="with --crop tiles: per-tile P(fake) in the output and a PNG per image in DIR, the image "
+                        "with its tile scores over it (default: none)")
     p.add_argument("--no-consistency", dest="consistency", action="store_false",
                    help="skip the resampling check (3 extra forward passes per file; default: on)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of CSV (default CSV)")
@@ -139,24 +143,66 @@ class DetectFiles(Dataset):
             return path, None, str(exc), file_facts(path)
 
 
-def score_batch(logits_fn, batch) -> List[Optional[Dict[str, float]]]:
-    """One model call for every crop of every file of a loader batch; per file {version: mean logit}."""
+def score_batch(logits_fn, batch, per_tile: bool = False):
+    """One model call for every crop of every file of a loader batch. Per file {version: mean logit}
+    (None for a file that could not be read) and, with per_tile, the logit of each of the image's own
+    crops (its tiles) as a list."""
     flat, where = [], []
     for k, (_, crops, _, _) in enumerate(batch):
         for name, c in (crops or {}).items():
             flat.append(c)
             where.append((k, name))
+        if per_tile and crops:
+            for t in range(crops["image"].shape[0]):
+                flat.append(crops["image"][t:t + 1])
+                where.append((k, t))
     logits = logits_fn(flat) if flat else []
     out: List[Optional[Dict[str, float]]] = [None if b[1] is None else {} for b in batch]
+    tile_logits: List[List[float]] = [[] for _ in batch]
     for (k, name), v in zip(where, logits):
-        out[k][name] = v
-    return out
+        if isinstance(name, int):
+            tile_logits[k].append(v)
+        else:
+            out[k][name] = v
+    return out, tile_logits
+
+
+def write_heatmap(path: str, png: str, size: int, probs: List[float], rec: Dict[str, Any]) -> None:
+    """The image with each tile's P(fake) over it (a colour bar; the verdict in the title)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .evaldata import tile_boxes
+    from .files import atomic_write
+
+    a = decode_rgb(path)
+    fig, ax = plt.subplots(figsize=(6, 6 * a.shape[0] / max(a.shape[1], 1) + 0.6))
+    ax.imshow(a)
+    cmap = plt.get_cmap("coolwarm")
+    for (y, x, h, w), p in zip(tile_boxes(a.shape[0], a.shape[1], size), probs):
+        ax.add_patch(Rectangle((x, y), w, h, facecolor=cmap(p), alpha=0.45, edgecolor="black", lw=0.5))
+        ax.text(x + w / 2, y + h / 2, f"{p:.2f}", ha="center", va="center", fontsize=6)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    fig.colorbar(sm, ax=ax, fraction=0.04, label="P(fake)" + (" (calibrated)" if rec["calibrated"] else ""))
+    ax.set_title(f"{os.path.basename(path)}: {rec['verdict']} (P(fake) "
+                 f"{rec['p_calibrated'] if rec['calibrated'] else rec['p_fake']:.2f})", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(png, lambda f: f.write(buf.getvalue()))
 
 
 def main(args, out=sys.stdout) -> int:
     """Scores every file; returns how many could not be scored (unreadable, or a non-finite score),
     each named in its row. The command exits 1 when that is not 0."""
     check_size(args.size)
+    if args.heatmap is not None and args.crop != "tiles":
+        raise InputError("--heatmap: per-tile scores need --crop tiles")
     if args.batch < 1 or args.workers < 0:
         raise InputError(f"--batch must be >= 1 and --workers >= 0, got {args.batch} and {args.workers}")
     if (args.ckpt is None) == (args.onnx is None):
@@ -187,8 +233,14 @@ def main(args, out=sys.stdout) -> int:
     loader = DataLoader(ds, batch_size=args.batch, num_workers=args.workers if len(files) > 1 else 0,
                         collate_fn=lambda b: b)
     bar = progress(total=len(files), desc="detect", unit="img", disable=len(files) < 2, leave=False)
+    heatmaps = args.heatmap is not None
+    if heatmaps:
+        os.makedirs(args.heatmap, exist_ok=True)
+    t = float(calibration["temperature"]) if calibration else 1.0
+    done = 0
     for batch in loader:  # in input order: one record per file
-        for (path, _, err, facts), logits in zip(batch, score_batch(logits_fn, batch)):
+        scored, tile_logits = score_batch(logits_fn, batch, per_tile=heatmaps)
+        for (path, _, err, facts), logits, per_tile in zip(batch, scored, tile_logits):
             rec: Dict[str, Any] = {"path": path, "p_fake": None, "p_calibrated": None, "verdict": None,
                                    "label": None, "reasons": [], "calibrated": calibration is not None,
                                    "file": facts, "consistency": None, "error": err}
@@ -198,7 +250,13 @@ def main(args, out=sys.stdout) -> int:
                 rec["p_fake"] = float(K.sigmoid(logits["image"]))
                 rec["label"] = "fake" if rec["p_fake"] > 0.5 else "real"
                 rec.update(judge(logits, calibration))
+                if heatmaps:
+                    rec["tiles"] = [float(K.sigmoid(v / t)) for v in per_tile]
+                    rec["heatmap"] = os.path.join(args.heatmap,
+                                                  f"{done:05d}_{os.path.splitext(os.path.basename(path))[0]}.png")
+                    write_heatmap(path, rec["heatmap"], size, rec["tiles"], rec)
             failed += rec["error"] is not None
+            done += 1
             write_record(rec, writer, out)
         bar.update(len(batch))
     bar.close()

@@ -163,18 +163,24 @@ def center_crop(a: np.ndarray, size: int) -> np.ndarray:
     return a[y:y + ch, x:x + cw]
 
 
-def tiles(a: np.ndarray, size: int) -> List[np.ndarray]:
-    """Non-overlapping size x size crops covering the image (the last ones aligned to the border)."""
-    h, w = a.shape[:2]
+def tile_boxes(h: int, w: int, size: int) -> List[Tuple[int, int, int, int]]:
+    """(y, x, height, width) of the tiles of an h x w image: non-overlapping size x size boxes covering
+    it, the last row and column aligned to the border; one centred box when a side is below `size`."""
     if h < size or w < size:
-        return [center_crop(a, size)]
+        ch, cw = min(size, h), min(size, w)
+        return [((h - ch) // 2, (w - cw) // 2, ch, cw)]
     ys = list(range(0, h - size + 1, size))
     xs = list(range(0, w - size + 1, size))
     if ys[-1] + size < h:
         ys.append(h - size)
     if xs[-1] + size < w:
         xs.append(w - size)
-    return [a[y:y + size, x:x + size] for y in ys for x in xs]
+    return [(y, x, size, size) for y in ys for x in xs]
+
+
+def tiles(a: np.ndarray, size: int) -> List[np.ndarray]:
+    """Non-overlapping size x size crops covering the image (the last ones aligned to the border)."""
+    return [a[y:y + th, x:x + tw] for y, x, th, tw in tile_boxes(a.shape[0], a.shape[1], size)]
 
 
 def to_tensor(a: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

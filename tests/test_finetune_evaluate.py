@@ -518,3 +518,28 @@ def test_detect_gives_calibrated_verdicts_reasons_and_file_facts(tree, pretraine
     p = subprocess.run(f"{sys.executable} -m fitgap.detect --ckpt {ckpt_path} {folder} --device cpu | head -n 2",
                        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert len(p.stdout.splitlines()) == 2 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_detect_tile_heatmaps(tree, pretrained, tmp_path):
+    from fitgap.calibration import sigmoid
+    from fitgap.evaldata import tile_boxes
+
+    run(finetune_args(tree, str(tmp_path), "hm", pretrained, "train.epochs=1"))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(smooth_noise(80, 100, 7)).save(imgs / "wide.png")
+    Image.fromarray(smooth_noise(40, 40, 8)).save(imgs / "small.png")
+    r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "hm" / "best.pt"), str(imgs), "--crop", "tiles",
+             "--heatmap", str(tmp_path / "maps"), "--json", "--device", "cpu", "--no-consistency"])
+    rows = {os.path.basename(x["path"]): x for x in map(json.loads, r.stdout.splitlines())}
+    wide = rows["wide.png"]
+    assert len(wide["tiles"]) == len(tile_boxes(80, 100, 32)) == 12
+    # the image's score is the mean logit of exactly these tiles
+    logits = [np.log(p / (1 - p)) for p in wide["tiles"]]
+    assert abs(float(sigmoid(np.mean(logits))) - wide["p_fake"]) < 1e-5
+    with Image.open(wide["heatmap"]) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    assert os.path.dirname(rows["small.png"]["heatmap"]) == str(tmp_path / "maps")
+    r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "hm" / "best.pt"), str(imgs), "--heatmap",
+             str(tmp_path / "maps")], check=False)
+    assert r.returncode == 2 and "--crop tiles" in r.stderr
