@@ -150,12 +150,13 @@ def score_batch(logits_fn, batch, per_tile: bool = False):
     flat, where = [], []
     for k, (_, crops, _, _) in enumerate(batch):
         for name, c in (crops or {}).items():
-            flat.append(c)
-            where.append((k, name))
-        if per_tile and crops:
-            for t in range(crops["image"].shape[0]):
-                flat.append(crops["image"][t:t + 1])
-                where.append((k, t))
+            if per_tile and name == "image":  # each tile on its own; the image's logit is their mean
+                for t in range(c.shape[0]):
+                    flat.append(c[t:t + 1])
+                    where.append((k, t))
+            else:
+                flat.append(c)
+                where.append((k, name))
     logits = logits_fn(flat) if flat else []
     out: List[Optional[Dict[str, float]]] = [None if b[1] is None else {} for b in batch]
     tile_logits: List[List[float]] = [[] for _ in batch]
@@ -164,6 +165,9 @@ def score_batch(logits_fn, batch, per_tile: bool = False):
             tile_logits[k].append(v)
         else:
             out[k][name] = v
+    for k, t in enumerate(tile_logits):
+        if t:
+            out[k]["image"] = sum(t) / len(t)
     return out, tile_logits
 
 
