@@ -9,7 +9,8 @@
    real from fake?) and the resampling sensitivity of the fine-tuned detector (decisions and AP
    under resizing with several kernels, JPEG and blur);
 6. draw the patch-similarity map of the pre-trained encoder and a t-SNE of the detector's features,
-   and write runs/demo/report.md.
+   and write runs/demo/report.md;
+7. keep a few test images with their logits in runs/demo/reference (`fitgap detect --check` recomputes them).
 Every step resumes or is skipped when its output already exists.
 """
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main(argv=None) -> None:
             results[label] = json.load(f)
         timings[name] = time.time() - t
 
+    reference = write_demo_reference()
+
     t = time.time()
     sh("-m", "fitgap.audit", "--bench", "mini", "--split", "test", "--out", os.path.join(RUN, "audit"),
        "--workers", "0")
@@ -160,6 +163,21 @@ def main(argv=None) -> None:
     atomic_write_text(os.path.join(RUN, "report.md"), report)
     print("\n" + report, flush=True)
     print(f"\nreport: {os.path.join(RUN, 'report.md')}", flush=True)
+    print(f"install check: python -m fitgap.detect --check {os.path.dirname(reference)}", flush=True)
+
+
+def write_demo_reference(per_class: int = 2) -> str:
+    """runs/demo/reference: a few test images of every family and their logits under the fine-tuned
+    detector, so that `python -m fitgap.detect --check runs/demo/reference` checks an install or a copy."""
+    from .detect import write_reference
+    from .minibench import DEFAULT_CACHE, FAMILIES
+
+    files = []
+    for fam in FAMILIES:
+        for label in ("0_real", "1_fake"):
+            folder = os.path.join(DEFAULT_CACHE, "test", fam, label)
+            files += [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:per_class]]
+    return write_reference(os.path.join(RUN, "finetune", "best.pt"), files, os.path.join(RUN, "reference"))
 
 
 def shortcut_section() -> List[str]:

@@ -64,7 +64,10 @@ def get_args_parser():
     p.add_argument("--onnx", default=None,
                    help="score with onnxruntime from a file of python -m fitgap.export instead of a checkpoint "
                         "(its crop size and calibration come from the file's metadata)")
-    p.add_argument("paths", nargs="+", help="image files or folders (folders are searched recursively)")
+    p.add_argument("paths", nargs="*", help="image files or folders (folders are searched recursively)")
+    p.add_argument("--check", default=None, metavar="DIR",
+                   help="recompute the logits of DIR/reference_scores.json (written by make demo) with the "
+                        "checkpoint it names and report the largest difference: an install check")
     p.add_argument("--calibration", default=None,
                    help="calibration.json to read (default: the one beside the checkpoint, if any; "
                         "'none' for raw scores only)")
@@ -201,9 +204,72 @@ def write_heatmap(path: str, png: str, size: int, probs: List[float], rec: Dict[
     atomic_write(png, lambda f: f.write(buf.getvalue()))
 
 
+REFERENCE = "reference_scores.json"
+REFERENCE_TOLERANCE = 1e-3  # logits; inference alone differs between CPU kinds by far less
+
+
+def reference_logits(ckpt_path: str, files: List[str], size: Optional[int] = None) -> List[float]:
+    """The mean logit of each file's centre crop, as detect computes it (no resampling check)."""
+    model, cfg = load_detector(ckpt_path, "cpu")
+    size = crop_size(size, cfg)
+    n = cfg["normalize"]
+    crops = [file_crops(f, size, "center", min_input_side(model), False)["image"] for f in files]
+    return score_logits(model, crops, "cpu", mean=n["mean"], std=n["std"])
+
+
+def write_reference(ckpt_path: str, files: List[str], out_dir: str) -> str:
+    """Copy `files` into out_dir/images and write out_dir/reference_scores.json: their logits under
+    `ckpt_path` (named relative to out_dir), so that `detect --check out_dir` on another machine or
+    install recomputes and compares them."""
+    import shutil
+
+    from .files import atomic_write_text
+
+    img_dir = os.path.join(out_dir, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    names = []
+    for i, f in enumerate(files):
+        name = f"{i:03d}_{os.path.basename(f)}"
+        shutil.copyfile(f, os.path.join(img_dir, name))
+        names.append(name)
+    logits = reference_logits(ckpt_path, [os.path.join(img_dir, n) for n in names])
+    doc = {"version": 1, "checkpoint": os.path.relpath(os.path.abspath(ckpt_path), os.path.abspath(out_dir)),
+           "crop": "center", "tolerance": REFERENCE_TOLERANCE,
+           "logits": {f"images/{n}": v for n, v in zip(names, logits)}}
+    path = os.path.join(out_dir, REFERENCE)
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    return path
+
+
+def check_reference(ref_dir: str, out=sys.stdout) -> int:
+    """Recompute a reference_scores.json; returns 0 when every logit is within its tolerance, else 1."""
+    path = os.path.join(ref_dir, REFERENCE)
+    if not os.path.isfile(path):
+        raise MissingInput(f"--check: no {REFERENCE} in {ref_dir!r} (make demo writes runs/demo/reference)")
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        want = {k: float(v) for k, v in doc["logits"].items()}
+        ckpt_path = os.path.normpath(os.path.join(ref_dir, doc["checkpoint"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--check: {path} is not a reference file ({type(exc).__name__}: {exc})") from None
+    got = reference_logits(ckpt_path, [os.path.join(ref_dir, k) for k in want])
+    diffs = {k: abs(g - w) for (k, w), g in zip(want.items(), got)}
+    worst = max(diffs, key=diffs.get)
+    tol = float(doc.get("tolerance", REFERENCE_TOLERANCE))
+    ok = diffs[worst] <= tol
+    out.write(f"{'ok' if ok else 'MISMATCH'}: {len(diffs)} reference images recomputed with {ckpt_path}; largest "
+              f"logit difference {diffs[worst]:.3g} ({worst}; tolerance {tol:g})\n")
+    return 0 if ok else 1
+
+
 def main(args, out=sys.stdout) -> int:
     """Scores every file; returns how many could not be scored (unreadable, or a non-finite score),
     each named in its row. The command exits 1 when that is not 0."""
+    if args.check is not None:
+        return check_reference(args.check, out)
+    if not args.paths:
+        raise InputError("give image files or folders to score (or --check DIR)")
     check_size(args.size)
     if args.heatmap is not None and args.crop != "tiles":
         raise InputError("--heatmap: per-tile scores need --crop tiles")

@@ -543,3 +543,27 @@ def test_detect_tile_heatmaps(tree, pretrained, tmp_path):
     r = run(["-m", "fitgap.detect", "--ckpt", str(tmp_path / "hm" / "best.pt"), str(imgs), "--heatmap",
              str(tmp_path / "maps")], check=False)
     assert r.returncode == 2 and "--crop tiles" in r.stderr
+
+
+def test_reference_scores_check_an_install(tree, pretrained, tmp_path):
+    from fitgap.detect import check_reference, write_reference
+
+    run(finetune_args(tree, str(tmp_path), "ref", pretrained, "train.epochs=1"))
+    files = [os.path.join(tree, "a", d, f"{i}.png") for d in ("0_real", "1_fake") for i in range(2)]
+    path = write_reference(str(tmp_path / "ref" / "best.pt"), files, str(tmp_path / "ref" / "reference"))
+    doc = json.loads(open(path).read())
+    assert len(doc["logits"]) == 4 and doc["checkpoint"] == os.path.join("..", "best.pt")
+    r = run(["-m", "fitgap.detect", "--check", str(tmp_path / "ref" / "reference")])
+    assert r.stdout.startswith("ok: 4 reference images")
+    assert float(r.stdout.split("largest logit difference ")[1].split()[0]) < 1e-6  # another process, same machine
+    # a copy of the run folder elsewhere checks too (paths are relative); a wrong value is named, exit 1
+    import io
+    import shutil
+
+    shutil.copytree(tmp_path / "ref", tmp_path / "copy")
+    doc["logits"][next(iter(doc["logits"]))] += 0.5
+    (tmp_path / "copy" / "reference" / "reference_scores.json").write_text(json.dumps(doc))
+    buf = io.StringIO()
+    assert check_reference(str(tmp_path / "copy" / "reference"), buf) == 1 and buf.getvalue().startswith("MISMATCH")
+    r = run(["-m", "fitgap.detect", "--check", str(tmp_path / "nowhere")], check=False)
+    assert r.returncode == 2 and "reference_scores.json" in r.stderr
