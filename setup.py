@@ -60,14 +60,10 @@ def extensions():
                     py_limited_api=True)]
 
 
+# name, version, dependencies and the `fitgap` console script: pyproject.toml's [project]
 setup(
-    name="fitgap",
-    version="0.1.0",
-    description="AI-generated image detection from distributional fitting gaps of bilinear rescaling",
     packages=find_packages(include=["rescale_ext", "rescale_ext.*", "fitgap", "fitgap.*"]),
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    entry_points={"console_scripts": ["fitgap=fitgap.__main__:main"]},
-    python_requires=">=3.10",
 )
