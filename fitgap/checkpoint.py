@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from .errors import CheckpointError, ConfigError, FitgapError, MissingInput
-from .files import atomic_save, atomic_write_text  # noqa: F401 - callers use ckpt.atomic_save
+from .files import atomic_save  # noqa: F401 - callers write checkpoints as ckpt.atomic_save
 
 
 def rng_state() -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
-from .errors import ConfigError, FitgapError  # noqa: F401 - ConfigError is raised from here by every task
+from .errors import ConfigError  # raised from here by every task (fitgap.config.ConfigError)
 from .files import atomic_write_text
 
 

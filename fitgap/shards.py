@@ -85,8 +85,8 @@ def check_source(source: str) -> None:
         raise ConfigError(f"data.train: {len(missing)} of {len(urls)} shards do not exist, e.g. {missing[:3]}")
 
 
-def read_manifest(path: str, verify: bool = True) -> List[Shard]:
-    """The shards of a manifest, each checked against its tar file (verify): a shard whose size on disk
+def read_manifest(path: str) -> List[Shard]:
+    """The shards of a manifest, each checked against its tar file: a shard whose size on disk
     is the one recorded at writing keeps the count measured then; any other (an older manifest without
     sizes, a file rewritten since) is counted from its tar headers, and a count that differs from the
     manifest's is refused, naming the shard."""
@@ -98,17 +98,16 @@ def read_manifest(path: str, verify: bool = True) -> List[Shard]:
                  s.get("bytes")) for s in doc["shards"]]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not a shard manifest ({type(exc).__name__}: {exc})") from None
-    if verify:
-        for url, samples, size in rows:
-            if not os.path.isfile(url):
-                raise InputError(f"{path}: shard {url} does not exist")
-            if size is not None and os.path.getsize(url) == int(size):
-                continue
-            counted = count_samples(url)
-            if counted != samples:
-                raise InputError(f"{path}: shard {os.path.basename(url)} holds {counted} samples, the manifest "
-                                 f"says {samples}: the manifest does not describe these files (write the shards "
-                                 "again, or train on the tar pattern, which is counted from the files)")
+    for url, samples, size in rows:
+        if not os.path.isfile(url):
+            raise InputError(f"{path}: shard {url} does not exist")
+        if size is not None and os.path.getsize(url) == int(size):
+            continue
+        counted = count_samples(url)
+        if counted != samples:
+            raise InputError(f"{path}: shard {os.path.basename(url)} holds {counted} samples, the manifest "
+                             f"says {samples}: the manifest does not describe these files (write the shards "
+                             "again, or train on the tar pattern, which is counted from the files)")
     return [Shard(url, samples) for url, samples, _ in rows]
 
 
