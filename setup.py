@@ -63,6 +63,7 @@ def extensions():
 # name, version, dependencies and the `fitgap` console script: pyproject.toml's [project]
 setup(
     packages=find_packages(include=["rescale_ext", "rescale_ext.*", "fitgap", "fitgap.*"]),
+    package_data={"fitgap": ["web/*.html"]},  # the page of `fitgap serve`
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

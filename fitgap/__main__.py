@@ -17,6 +17,7 @@ COMMANDS = {
     "probe": ("fitgap.probe", "main"),
     "analysis": ("fitgap.analysis", "main"),
     "shards": ("fitgap.shards", "main"),
+    "serve": ("fitgap.serve", "cli"),
     "demo": ("fitgap.demo", "main"),
 }
 

@@ -17,11 +17,12 @@ Writes audit.json and audit.md.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
@@ -87,22 +88,27 @@ MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 TEXT_KEYS = ("parameters", "prompt", "workflow", "Software", "Description", "Comment")
 
 
-def _bit_depth(path: str, im: Image.Image) -> int:
+def _bit_depth(src: Union[str, bytes], im: Image.Image) -> int:
     """Bits per sample: a PNG's from its IHDR chunk (palette PNGs have 1, 2, 4 or 8), else from the mode."""
     if im.format == "PNG":
-        with open(path, "rb") as f:
-            head = f.read(26)
+        if isinstance(src, bytes):
+            head = src[:26]
+        else:
+            with open(src, "rb") as f:
+                head = f.read(26)
         if len(head) == 26 and head[12:16] == b"IHDR":
             return int(head[24])
     return int(getattr(im, "bits", None) or MODE_BITS.get(im.mode, 8))
 
 
-def read_header(path: str) -> Dict[str, Any]:
-    """Header facts of one image file; pixels are not decoded. `error` is set for unreadable files."""
-    rec: Dict[str, Any] = {"path": path}
+def read_header(path: Union[str, bytes], name: Optional[str] = None) -> Dict[str, Any]:
+    """Header facts of one image file (a path, or the file's bytes with `name` for its path field);
+    pixels are not decoded. `error` is set for unreadable files."""
+    data = path if isinstance(path, bytes) else None
+    rec: Dict[str, Any] = {"path": name if data is not None else path}
     try:
-        rec["bytes"] = os.path.getsize(path)
-        with Image.open(path) as im:
+        rec["bytes"] = len(data) if data is not None else os.path.getsize(path)
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             rec["format"] = im.format or "?"
             rec["width"], rec["height"] = im.size
             rec["mode"] = im.mode

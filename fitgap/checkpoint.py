@@ -140,6 +140,11 @@ def restore_training(path: str, model, optimizer, scaler, rank: int = 0) -> Dict
     path before they write anything.)"""
     saved = load(path, resuming=True)
     model.load_state_dict(saved["model"])
+    groups = len(saved["optimizer"].get("param_groups", []))
+    if groups != len(optimizer.param_groups):
+        raise CheckpointError(f"{path}: its optimizer has {groups} parameter group(s), this run's has "
+                              f"{len(optimizer.param_groups)} (written by another version of the training "
+                              "script): continue it with that version, or start a new run folder")
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     ranks = saved.get("rng_ranks") or [saved["rng"]]

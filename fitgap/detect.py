@@ -24,7 +24,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -87,10 +88,11 @@ def get_args_parser():
     return p
 
 
-def file_facts(path: str) -> Dict[str, Any]:
+def file_facts(src: Union[str, bytes]) -> Dict[str, Any]:
+    """What the audit reads of a file (a path, or its bytes), without decoding pixels."""
     from .audit import read_header
 
-    h = read_header(path)
+    h = read_header(src)
     return {"format": h.get("format"), "width": h.get("width"), "height": h.get("height"),
             "jpeg_quality": h.get("jpeg_quality"), "exif": h.get("exif")}
 
@@ -114,9 +116,13 @@ def judge(logits: Dict[str, float], calibration: Optional[Dict[str, Any]]) -> Di
             "consistency": {k: p for k, p in probs.items() if k != "image"} or None}
 
 
-def file_crops(path: str, size: int, mode: str, min_side: int, check: bool) -> Dict[str, Any]:
-    """The uint8 crop stacks of the image and (check) of its resampled versions, as {version: crops}."""
-    a = decode_rgb(path)
+def file_crops(src: Union[str, bytes], size: int, mode: str, min_side: int, check: bool,
+               shape: Optional[List[int]] = None) -> Dict[str, Any]:
+    """The uint8 crop stacks of the image (a path, or the file's bytes) and (check) of its resampled
+    versions, as {version: crops}; `shape`, when given, receives the decoded image's height and width."""
+    a = decode_rgb(src)
+    if shape is not None:
+        shape[:] = a.shape[:2]
     versions = {"image": a}
     if check:
         versions.update({k: p(a) for k, p in CONSISTENCY.items()})
@@ -129,8 +135,8 @@ def file_crops(path: str, size: int, mode: str, min_side: int, check: bool) -> D
 
 
 class DetectFiles(Dataset):
-    """path -> (path, {version: uint8 crops} or None, error, file facts): the decoding, resampling,
-    cropping and header reading that DataLoader workers do while the model scores the previous batch."""
+    """path -> prepare(path): the decoding, resampling, cropping and header reading that DataLoader
+    workers do while the model scores the previous batch."""
 
     def __init__(self, files: List[str], size: int, mode: str, min_side: int, check: bool):
         self.files, self.size, self.mode, self.min_side, self.check = files, size, mode, min_side, check
@@ -139,11 +145,18 @@ class DetectFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        path = self.files[i]
-        try:
-            return path, file_crops(path, self.size, self.mode, self.min_side, self.check), None, file_facts(path)
-        except ImageError as exc:
-            return path, None, str(exc), file_facts(path)
+        return prepare(self.files[i], self.files[i], self.size, self.mode, self.min_side, self.check)
+
+
+def prepare(name: str, src: Union[str, bytes], size: int, mode: str, min_side: int, check: bool):
+    """(name, {version: uint8 crops} or None, error or None, file facts, decoded (height, width) or
+    None) of one file, a path or its bytes: what `fitgap detect` and `fitgap serve` both score, the
+    same way."""
+    shape: List[int] = []
+    try:
+        return name, file_crops(src, size, mode, min_side, check, shape), None, file_facts(src), tuple(shape)
+    except ImageError as exc:
+        return name, None, str(exc), file_facts(src), None
 
 
 def score_batch(logits_fn, batch, per_tile: bool = False):
@@ -151,8 +164,8 @@ def score_batch(logits_fn, batch, per_tile: bool = False):
     (None for a file that could not be read) and, with per_tile, the logit of each of the image's own
     crops (its tiles) as a list."""
     flat, where = [], []
-    for k, (_, crops, _, _) in enumerate(batch):
-        for name, c in (crops or {}).items():
+    for k, item in enumerate(batch):
+        for name, c in (item[1] or {}).items():
             if per_tile and name == "image":  # each tile on its own; the image's logit is their mean
                 for t in range(c.shape[0]):
                     flat.append(c[t:t + 1])
@@ -263,6 +276,42 @@ def check_reference(ref_dir: str, out=sys.stdout) -> int:
     return 0 if ok else 1
 
 
+@dataclass
+class Scoring:
+    """A detector ready to score crops, as detect and serve use it: logits_fn(list of uint8 crop
+    stacks) -> one mean logit per stack, the crop size, the smallest side the encoder takes, the
+    calibration (None: uncalibrated) and a description of where each comes from."""
+    logits_fn: Callable[[List[Any]], List[float]]
+    size: int
+    min_side: int
+    calibration: Optional[Dict[str, Any]]
+    about: Dict[str, Any]
+
+
+def load_scoring(ckpt_path: Optional[str], onnx_path: Optional[str], calibration: Optional[str],
+                 size: Optional[int], device: str = "auto") -> Scoring:
+    """The detector of a checkpoint (on `device`) or of an ONNX export (onnxruntime, CPU), exactly one
+    of them; `calibration`: a file, 'none', or None for the one found beside the detector."""
+    if (ckpt_path is None) == (onnx_path is None):
+        raise InputError("give --ckpt (a checkpoint) or --onnx (an exported detector), one of them")
+    if onnx_path:
+        from .export import OnnxDetector
+
+        onnx = OnnxDetector(onnx_path)
+        if size not in (None, onnx.size):
+            raise InputError(f"--size {size}: {onnx_path} was exported for {onnx.size}-px crops")
+        cal = onnx.calibration if calibration is None else find_calibration(calibration, onnx_path)
+        return Scoring(onnx, onnx.size, min_side_for_backbone(onnx.encoder.get("backbone", "")), cal,
+                       {"detector": os.path.abspath(onnx_path), "runtime": "onnxruntime", "encoder": onnx.encoder})
+    info = D.init(device)
+    model, cfg = load_detector(ckpt_path, info.device)
+    n = cfg["normalize"]
+    logits_fn = lambda crops: score_logits(model, crops, info.device, mean=n["mean"], std=n["std"])  # noqa: E731
+    return Scoring(logits_fn, crop_size(size, cfg), min_input_side(model), find_calibration(calibration, ckpt_path),
+                   {"detector": os.path.abspath(ckpt_path), "runtime": f"torch ({info.device.type})",
+                    "encoder": {k: cfg["model"].get(k) for k in ("backbone", "highpass") if k in cfg["model"]}})
+
+
 def main(args, out=sys.stdout) -> int:
     """Scores every file; returns how many could not be scored (unreadable, or a non-finite score),
     each named in its row. The command exits 1 when that is not 0."""
@@ -275,25 +324,8 @@ def main(args, out=sys.stdout) -> int:
         raise InputError("--heatmap: per-tile scores need --crop tiles")
     if args.batch < 1 or args.workers < 0:
         raise InputError(f"--batch must be >= 1 and --workers >= 0, got {args.batch} and {args.workers}")
-    if (args.ckpt is None) == (args.onnx is None):
-        raise InputError("give --ckpt (a checkpoint) or --onnx (an exported detector), one of them")
-    if args.onnx:
-        from .export import OnnxDetector
-
-        onnx = OnnxDetector(args.onnx)
-        logits_fn, size = onnx, onnx.size
-        if args.size not in (None, size):
-            raise InputError(f"--size {args.size}: {args.onnx} was exported for {size}-px crops")
-        min_side = min_side_for_backbone(onnx.encoder.get("backbone", ""))
-        calibration = onnx.calibration if args.calibration is None else find_calibration(args.calibration, args.onnx)
-    else:
-        info = D.init(args.device)
-        model, cfg = load_detector(args.ckpt, info.device)
-        n = cfg["normalize"]
-        logits_fn = lambda crops: score_logits(model, crops, info.device, mean=n["mean"], std=n["std"])  # noqa: E731
-        calibration = find_calibration(args.calibration, args.ckpt)
-        size = crop_size(args.size, cfg)
-        min_side = min_input_side(model)
+    scoring = load_scoring(args.ckpt, args.onnx, args.calibration, args.size, args.device)
+    logits_fn, size, min_side, calibration = scoring.logits_fn, scoring.size, scoring.min_side, scoring.calibration
     files = expand(args.paths)
     writer = None if args.json else csv.writer(out)
     if writer:
@@ -306,25 +338,16 @@ def main(args, out=sys.stdout) -> int:
     heatmaps = args.heatmap is not None
     if heatmaps:
         os.makedirs(args.heatmap, exist_ok=True)
-    t = float(calibration["temperature"]) if calibration else 1.0
     done = 0
     for batch in loader:  # in input order: one record per file
         scored, tile_logits = score_batch(logits_fn, batch, per_tile=heatmaps)
-        for (path, _, err, facts), logits, per_tile in zip(batch, scored, tile_logits):
-            rec: Dict[str, Any] = {"path": path, "p_fake": None, "p_calibrated": None, "verdict": None,
-                                   "label": None, "reasons": [], "calibrated": calibration is not None,
-                                   "file": facts, "consistency": None, "error": err}
-            if logits is not None and not all(math.isfinite(v) for v in logits.values()):
-                rec["error"], logits = NON_FINITE, None
-            if logits is not None:
-                rec["p_fake"] = float(K.sigmoid(logits["image"]))
-                rec["label"] = "fake" if rec["p_fake"] > 0.5 else "real"
-                rec.update(judge(logits, calibration))
-                if heatmaps:
-                    rec["tiles"] = [float(K.sigmoid(v / t)) for v in per_tile]
-                    rec["heatmap"] = os.path.join(args.heatmap,
-                                                  f"{done:05d}_{os.path.splitext(os.path.basename(path))[0]}.png")
-                    write_heatmap(path, rec["heatmap"], size, rec["tiles"], rec)
+        for item, logits, per_tile in zip(batch, scored, tile_logits):
+            rec = make_record(item, logits, per_tile if heatmaps else None, calibration, size)
+            path = rec["path"]
+            if heatmaps and rec["error"] is None:
+                rec["heatmap"] = os.path.join(args.heatmap,
+                                              f"{done:05d}_{os.path.splitext(os.path.basename(path))[0]}.png")
+                write_heatmap(path, rec["heatmap"], size, rec["tiles"], rec)
             failed += rec["error"] is not None
             done += 1
             write_record(rec, writer, out)
@@ -334,6 +357,31 @@ def main(args, out=sys.stdout) -> int:
     if failed:
         print(f"{failed} of {len(files)} file(s) not scored (see their error column)", file=sys.stderr, flush=True)
     return failed
+
+
+def make_record(item, logits: Optional[Dict[str, float]], per_tile: Optional[List[float]],
+                calibration: Optional[Dict[str, Any]], size: int) -> Dict[str, Any]:
+    """The answer for one prepared file (see prepare) and its logits: raw and calibrated P(fake), the
+    verdict with its reasons, the file facts, and with per_tile each tile's calibrated P(fake) and box
+    [y, x, h, w] in the image's pixels."""
+    path, _, err, facts, shape = item
+    rec: Dict[str, Any] = {"path": path, "p_fake": None, "p_calibrated": None, "verdict": None,
+                           "label": None, "reasons": [], "calibrated": calibration is not None,
+                           "file": facts, "consistency": None, "error": err}
+    if logits is not None and not all(math.isfinite(v) for v in logits.values()):
+        rec["error"], logits = NON_FINITE, None
+    if logits is None:
+        return rec
+    rec["p_fake"] = float(K.sigmoid(logits["image"]))
+    rec["label"] = "fake" if rec["p_fake"] > 0.5 else "real"
+    rec.update(judge(logits, calibration))
+    if per_tile is not None:
+        from .evaldata import tile_boxes
+
+        t = float(calibration["temperature"]) if calibration else 1.0
+        rec["tiles"] = [float(K.sigmoid(v / t)) for v in per_tile]
+        rec["tile_boxes"] = [list(b) for b in tile_boxes(shape[0], shape[1], size)]
+    return rec
 
 
 def write_record(rec: Dict[str, Any], writer, out) -> None:

@@ -42,8 +42,13 @@ DEFAULTS: Dict[str, Any] = {
     "augment": {"flip": True, "jpeg_prob": 0.0, "blur_prob": 0.0},
     "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
     "model": copy.deepcopy(PRETRAIN_DEFAULTS["model"]),
-    "optim": {"lr": 1.0e-4, "weight_decay": 0.0, "warmup_steps": 0, "min_lr": 0.0, "grad_clip": 0.0},
-    "train": {"epochs": 10, "batch": 64, "max_steps": None, "amp": "bf16", "channels_last": True,
+    # encoder_lr_scale: the encoder learns at lr x this (the head at lr): below 1 keeps more of what
+    # pre-training learned
+    "optim": {"lr": 1.0e-4, "weight_decay": 0.0, "warmup_steps": 0, "min_lr": 0.0, "grad_clip": 0.0,
+              "encoder_lr_scale": 1.0},
+    # linear_epochs: the first epochs train the head alone on the frozen encoder, then everything
+    # (linear probing, then fine-tuning: the head starts aligned with the features)
+    "train": {"epochs": 10, "linear_epochs": 0, "batch": 64, "max_steps": None, "amp": "bf16", "channels_last": True,
               "compile": False, "sync_bn": False, "log_every": 10, "threads": None, "deterministic": True},
     "eval": {"size": None, "crop": "center", "batch": 32},
 }
@@ -60,6 +65,12 @@ def check(cfg: Dict[str, Any], world_size: int) -> None:
     C.require(cfg["train"]["amp"] in ("bf16", "fp16", "none"), "train.amp", "bf16, fp16 or none")
     C.require(0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction", "must be in (0, 1)")
     C.require(cfg["fewshot"]["k"] >= 1, "fewshot.k", "must be >= 1")
+    C.require(0 < cfg["optim"]["encoder_lr_scale"] <= 1e3, "optim.encoder_lr_scale", "must be in (0, 1000]")
+    le = cfg["train"]["linear_epochs"]
+    C.require(isinstance(le, int) and (le == 0 or 0 < le < cfg["train"]["epochs"]), "train.linear_epochs",
+              f"must be 0 or fewer than train.epochs ({cfg['train']['epochs']}), got {le!r}")
+    C.require(cfg["mode"] == "full" or cfg["train"]["linear_epochs"] == 0, "train.linear_epochs",
+              "only with mode: full (linear and fewshot modes train as they are)")
     C.require(cfg["eval"]["crop"] in ("center", "tiles"), "eval.crop", "center or tiles")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
     check_train_common(cfg)
@@ -141,10 +152,29 @@ def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap, rng_ranks):
                        step=step, best_ap=best_ap)
 
 
+def param_groups(model: Detector, encoder_lr_scale: float) -> List[Dict[str, Any]]:
+    """The head at the base learning rate, the encoder at `encoder_lr_scale` times it (trainable
+    parameters only)."""
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    head = [p for p in model.classifier.parameters() if p.requires_grad]
+    return [g for g in ({"params": head, "lr_scale": 1.0, "name": "head"},
+                        {"params": enc, "lr_scale": float(encoder_lr_scale), "name": "encoder"}) if g["params"]]
+
+
+def encoder_frozen(cfg: Dict[str, Any], epoch: int) -> bool:
+    """The encoder is held fixed (eval mode, no update) in linear mode and in the first
+    train.linear_epochs epochs of a full fine-tuning."""
+    return cfg["mode"] == "linear" or epoch < cfg["train"]["linear_epochs"]
+
+
 def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state, log):
     model.train()
-    if cfg["mode"] == "linear":
-        model.module.encoder.eval() if hasattr(model, "module") else model.encoder.eval()
+    frozen = encoder_frozen(cfg, state["epoch"])
+    core = model.module if hasattr(model, "module") else model
+    core = getattr(core, "_orig_mod", core)
+    if frozen:  # batch-norm statistics stay the pre-trained ones; the encoder group steps at lr 0
+        core.encoder.eval()
+    enc_group = [g for g in optimizer.param_groups if g.get("name") == "encoder"]
     t = cfg["train"]
     losses, skipped, t0, seen = [], [], time.perf_counter(), 0
     for x, y, sk in progress(loader, desc=f"epoch {state['epoch']}", disable=not info.is_main, leave=False,
@@ -153,6 +183,8 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
             break
         lr = schedule[state["step"]]
         set_lr(optimizer, lr)
+        for g in enc_group if frozen else ():
+            g["lr"] = 0.0
         x = x.to(info.device, non_blocking=True)
         if t["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -185,8 +217,8 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     model_without_ddp = model
     if info.rank:  # the weights are alike on every rank; from here on each rank draws its own stream
         torch.manual_seed(cfg["seed"] + info.rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    optimizer = torch.optim.Adam(param_groups(model_without_ddp, o["encoder_lr_scale"]), lr=o["lr"],
+                                 weight_decay=o["weight_decay"])
     scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
 
     n = cfg["normalize"]

@@ -23,8 +23,9 @@ def amp_context(amp: str, device: torch.device):
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Every parameter group at `lr` times its own `lr_scale` (1 when the group has none)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def optimizer_step(loss, model, optimizer, scaler, grad_clip: float, step: int, where: str = "") -> float:

@@ -9,28 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fitgap import checkpoint as ckpt
-from fitgap.models import Detector, build_encoder
+from imaging import detector_ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 onnxruntime = pytest.importorskip("onnxruntime")  # a listed requirement: present wherever `make test` ran
-
-
-def detector_ckpt(path, backbone, patch, **model):
-    torch.manual_seed(0)
-    enc = build_encoder(backbone, highpass=model.get("highpass", False))
-    det = Detector(enc).eval()
-    with torch.no_grad():  # batch-norm statistics away from their defaults, so the export must carry them
-        for m in det.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    cfg = {"model": {"backbone": backbone, "pretrained": False, "weights": None, "stem_stride": None,
-                     "stem_pool": True, "highpass": model.get("highpass", False), "pool_grid": 1},
-           "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-           "patch": patch, "eval": {"size": patch}}
-    ckpt.atomic_save({"model": det.state_dict(), "config": cfg, "kind": "detector"}, str(path))
-    return det, cfg
 
 
 @pytest.mark.parametrize("backbone,size,highpass", [("resnet10t", 64, True), ("test_resnet", 32, False),
