@@ -10,7 +10,10 @@ export MAX_JOBS ?= 2
 EXT := rescale_ext/_C.abi3.so
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cu)
 
-.PHONY: setup build test demo bench clean
+# the page test drives Debian's chromium through chromium-driver (nothing is downloaded at run time)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup build browser test demo bench clean
 
 setup: $(VENV)/.installed
 build: $(EXT)
@@ -25,7 +28,13 @@ $(EXT): $(VENV)/.installed $(SOURCES)
 	test -f $(EXT)
 	touch $(EXT)
 
-test: build
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get) for the page test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: build browser
 	$(PY) -m pytest -q tests
 
 demo: build

@@ -40,3 +40,7 @@ def test_pip_install_gives_a_working_fitgap_command(tmp_path):
     r = subprocess.run([str(exe), "detect", "--help"], cwd=tmp_path, env=run_env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "usage: fitgap detect" in r.stdout
+    assert "serve" in subprocess.run([str(exe), "--help"], cwd=tmp_path, env=run_env, capture_output=True,
+                                     text=True, timeout=120).stdout
+    page = os.path.join(os.path.dirname(lines[0]), "web", "index.html")  # the page of `fitgap serve` is installed
+    assert os.path.isfile(page) and "/v1/detect" in open(page).read()
