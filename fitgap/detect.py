@@ -35,7 +35,7 @@ from . import distributed as D
 from .data import ImageError, decode_rgb, list_images
 from .detector import check_size, crop_size, load_detector, score_logits
 from .errors import InputError, MissingInput
-from .evaldata import Perturbation, center_crop, stack_uint8, tiles
+from .evaldata import Perturbation, center_crop, center_crop_of, resized_shape, stack_uint8, tiles
 from .models import min_input_side, min_side_for_backbone
 from .progress import progress
 
@@ -123,14 +123,18 @@ def file_crops(src: Union[str, bytes], size: int, mode: str, min_side: int, chec
     a = decode_rgb(src)
     if shape is not None:
         shape[:] = a.shape[:2]
-    versions = {"image": a}
+    versions: Dict[str, Optional[Perturbation]] = {"image": None}
     if check:
-        versions.update({k: p(a) for k, p in CONSISTENCY.items()})
+        versions.update(CONSISTENCY)
     crops = {}
-    for k, v in versions.items():
-        if min(v.shape[:2]) < min_side:
-            raise ImageError(f"too small for the encoder ({k}): {v.shape[1]}x{v.shape[0]} < {min_side} px")
-        crops[k] = stack_uint8([center_crop(v, size)] if mode == "center" else tiles(v, size))
+    for k, p in versions.items():
+        h, w = a.shape[:2] if p is None or p.resize is None else resized_shape(a.shape[0], a.shape[1], p.resize)
+        if min(h, w) < min_side:
+            raise ImageError(f"too small for the encoder ({k}): {w}x{h} < {min_side} px")
+        if mode == "center":  # a resampled version only where the crop needs it
+            crops[k] = stack_uint8([center_crop(a, size) if p is None else center_crop_of(p, a, size)])
+        else:
+            crops[k] = stack_uint8(tiles(a if p is None else p(a), size))
     return crops
 
 

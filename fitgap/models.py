@@ -15,15 +15,23 @@ from .errors import InputError, MissingInput
 class HighPass(nn.Module):
     """A fixed 3x3 Laplacian per channel (optional input filter, off in the paper config): it
     removes the image content that the rescaling trace rides on, which speeds up learning at small
-    scale."""
+    scale. normalize=True divides each image's residual by its RMS over the image (all channels), so
+    that how much fine detail a patch has (its residual energy) cannot be read, only how the residual
+    is arranged: the periodic pattern a rescaling leaves."""
 
-    def __init__(self):
+    EPS = 1e-4  # on the mean square: residuals of flat patches stay small instead of being blown up
+
+    def __init__(self, normalize: bool = False):
         super().__init__()
         k = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]) / 4.0
         self.register_buffer("weight", k.expand(3, 1, 3, 3).clone(), persistent=False)
+        self.normalize = normalize
 
     def forward(self, x):
-        return F.conv2d(x, self.weight.to(x.dtype), padding=1, groups=3)
+        r = F.conv2d(x, self.weight.to(x.dtype), padding=1, groups=3)
+        if self.normalize:
+            r = r * torch.rsqrt(r.float().pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.EPS).to(r.dtype)
+        return r
 
 
 class PhaseStats(nn.Module):
@@ -88,7 +96,7 @@ def _first_conv(model: nn.Module) -> Optional[nn.Conv2d]:
 
 def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = None,
                   stem_stride: Optional[int] = None, highpass: bool = False,
-                  stem_pool: bool = True, pool_grid: int = 1) -> nn.Module:
+                  stem_pool: bool = True, pool_grid: int = 1, highpass_norm: bool = False) -> nn.Module:
     """timm backbone with num_classes=0 (pooled features); `.num_features` is set on the result.
 
     pretrained=True is refused (nothing is downloaded at run time): give a local `weights` file.
@@ -131,15 +139,17 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
         raise InputError(f"model.pool_grid: a positive integer, got {pool_grid!r}")
     if pool_grid > 1 and not hasattr(backbone, "forward_features"):
         raise InputError(f"model.pool_grid: {name} has no forward_features (a feature map) to pool on a grid")
-    return Encoder(backbone, highpass, pool_grid)
+    return Encoder(backbone, highpass, pool_grid, highpass_norm)
 
 
 class Encoder(nn.Module):
     """Optional fixed input filter + timm backbone -> pooled features [N, num_features]."""
 
-    def __init__(self, backbone: nn.Module, highpass: bool = False, pool_grid: int = 1):
+    def __init__(self, backbone: nn.Module, highpass: bool = False, pool_grid: int = 1, highpass_norm: bool = False):
         super().__init__()
-        self.prefilter = HighPass() if highpass else nn.Identity()
+        if highpass_norm and not highpass:
+            raise InputError("model.highpass_norm: normalises the Laplacian residual; it needs model.highpass: true")
+        self.prefilter = HighPass(normalize=highpass_norm) if highpass else nn.Identity()
         self.backbone = backbone
         self.pool_grid = pool_grid
         # timm's num_features is not always what forward() returns (MobileNetV3's head): measure it.
@@ -163,7 +173,7 @@ def encoder_from_config(model_cfg, load_weights: bool = True) -> nn.Module:
     return build_encoder(model_cfg["backbone"], model_cfg.get("pretrained", False),
                          model_cfg.get("weights") if load_weights else None, model_cfg.get("stem_stride"),
                          model_cfg.get("highpass", False), model_cfg.get("stem_pool", True),
-                         model_cfg.get("pool_grid", 1))
+                         model_cfg.get("pool_grid", 1), model_cfg.get("highpass_norm", False))
 
 
 def min_side_for_backbone(name: str) -> int:

@@ -211,3 +211,28 @@ def test_phase_stats_keeps_float32_class_means_under_bfloat16_autocast():
         assert net.pixel(x).dtype == torch.bfloat16
         assert net.phase_means(x).dtype == torch.float32
         assert torch.isfinite(net(x).float()).all()
+
+
+def test_normalised_highpass_reads_the_arrangement_of_the_residual_not_its_energy():
+    """model.highpass_norm: the Laplacian residual divided by its RMS per image, so an image with more
+    (or less) fine detail everywhere (a contrast scaled by c) gives the same input to the backbone,
+    while the pattern of the residual still reaches it; refused without model.highpass."""
+    from fitgap.errors import InputError
+    from fitgap.models import encoder_from_config
+
+    torch.manual_seed(0)
+    enc = build_encoder("resnet10t", highpass=True, highpass_norm=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    r = enc.prefilter(x)
+    assert torch.allclose(r.pow(2).mean((1, 2, 3)), torch.ones(2), atol=1e-3)
+    for c in (0.5, 3.0):
+        assert torch.allclose(enc.prefilter(c * x), r, atol=1e-3)
+        with torch.no_grad():
+            assert torch.allclose(enc(c * x), enc(x), atol=1e-3)
+    plain = build_encoder("resnet10t", highpass=True).eval()
+    assert not torch.allclose(plain.prefilter(3.0 * x), plain.prefilter(x), atol=1e-3)  # energy is read there
+    shuffled = x.flatten(2)[:, :, torch.randperm(32 * 32)].view_as(x)  # the same values, arranged otherwise
+    with torch.no_grad():
+        assert not torch.allclose(enc(shuffled), enc(x), atol=1e-2)
+    with pytest.raises(InputError, match="needs model.highpass"):
+        encoder_from_config({"backbone": "resnet10t", "highpass": False, "highpass_norm": True})
