@@ -29,6 +29,7 @@ from PIL import Image, JpegImagePlugin
 from .progress import progress
 
 from .benchmarks import BENCHES, Subset, load_benchmark
+from .errors import InputError
 from .files import atomic_write_text
 
 SHORTCUT_AP = 0.9
@@ -216,9 +217,22 @@ def describe(records: Sequence[Dict[str, Any]], top: int = 3) -> Dict[str, Any]:
     return out
 
 
-def audit_subset(sub: Subset, workers: int = 0) -> Dict[str, Any]:
+def as_protocol(rec: Dict[str, Any], protocol: Optional[str]) -> Dict[str, Any]:
+    """The header a fake has once an evaluation protocol has re-encoded it (jpeg96: a baseline JPEG at
+    quality 96, 4:2:0, 8-bit RGB, no EXIF, ICC or text chunks, the same size); other records as read."""
+    if protocol is None or "error" in rec:
+        return rec
+    if protocol != "jpeg96":
+        raise InputError(f"--protocol: unknown protocol {protocol!r}")
+    keep = {k: rec[k] for k in ("path", "width", "height") if k in rec}
+    return {**keep, "format": "JPEG", "mode": "RGB", "bits": 8, "icc": False, "text_keys": [], "exif": False,
+            "jpeg_quality": 96, "jpeg_exact": True, "subsampling": "4:2:0"}
+
+
+def audit_subset(sub: Subset, workers: int = 0, protocol: Optional[str] = None) -> Dict[str, Any]:
     recs = read_headers([p for p, _ in sub.items], workers, desc=sub.name)
     labels = [y for _, y in sub.items]
+    recs = [as_protocol(r, protocol) if y == 1 else r for r, y in zip(recs, labels)]
     real = [r for r, y in zip(recs, labels) if y == 0]
     fake = [r for r, y in zip(recs, labels) if y == 1]
     ok = [(r, y) for r, y in zip(recs, labels) if "error" not in r]
@@ -227,13 +241,15 @@ def audit_subset(sub: Subset, workers: int = 0) -> Dict[str, Any]:
             "shortcut": bool(ap is not None and ap >= SHORTCUT_AP)}
 
 
-def audit(subsets: Sequence[Subset], workers: int = 0) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"subsets": {}, "shortcut_ap": SHORTCUT_AP}
+def audit(subsets: Sequence[Subset], workers: int = 0, protocol: Optional[str] = None) -> Dict[str, Any]:
+    """Per subset: header statistics of each class, the metadata-only AP and the shortcut flag; with a
+    protocol (jpeg96), the fakes as the protocol re-encodes them (what the detector is then shown)."""
+    out: Dict[str, Any] = {"subsets": {}, "shortcut_ap": SHORTCUT_AP, "protocol": protocol}
     for sub in subsets:
         if sub.status != "ok":
             out["subsets"][sub.name] = {"status": sub.status, "metadata_ap": None, "shortcut": False}
             continue
-        out["subsets"][sub.name] = audit_subset(sub, workers)
+        out["subsets"][sub.name] = audit_subset(sub, workers, protocol)
     out["flagged"] = [k for k, v in out["subsets"].items() if v["shortcut"]]
     return out
 
@@ -248,6 +264,8 @@ def _row(name: str, real: Dict[str, Any], fake: Dict[str, Any], fn) -> str:
 
 def format_audit(result: Dict[str, Any], title: str = "") -> str:
     lines = [f"# Dataset audit{': ' + title if title else ''}", ""]
+    if result.get("protocol"):
+        lines += [f"Protocol {result['protocol']}: the fakes' headers as the protocol re-encodes them.", ""]
     flagged = result["flagged"]
     lines.append(f"**Shortcut flags** (metadata-only AP >= {result['shortcut_ap']}): "
                  + (", ".join(flagged) if flagged else "none") + ".")
@@ -292,12 +310,14 @@ def get_args_parser():
     p.add_argument("--subsets", nargs="*", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=2, help="header-reading processes (0: in this process)")
+    p.add_argument("--protocol", default=None, choices=["jpeg96"],
+                   help="audit the fakes as evaluate.py --protocol shows them (jpeg96: re-encoded as JPEG q96)")
     return p
 
 
 def run(args) -> Dict[str, Any]:
     subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
-    result = audit(subsets, args.workers)
+    result = audit(subsets, args.workers, getattr(args, "protocol", None))
     result.update({"bench": args.bench, "root": args.root, "split": args.split})
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "audit.json"), json.dumps(result, indent=2))

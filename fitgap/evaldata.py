@@ -105,6 +105,7 @@ class Perturbation:
     antialias: Optional[bool] = None  # None: the kernel's default (PIL, antialiased)
     webp: Optional[int] = None  # quality 1..100
     reencode: Optional[str] = None  # png | jpeg:Q | webp:Q
+    max_side: Optional[int] = None  # shrink (bilinear, antialiased) so the long side is at most this
 
     def check(self) -> None:
         if self.jpeg is not None and not 1 <= self.jpeg <= 100:
@@ -115,6 +116,8 @@ class Perturbation:
             raise InputError(f"--blur: sigma must be positive, got {self.blur}")
         if self.resize is not None and self.resize <= 0:
             raise InputError(f"--resize: factor must be positive, got {self.resize}")
+        if self.max_side is not None and self.max_side < 1:
+            raise InputError(f"max_side: must be >= 1 px, got {self.max_side}")
         if self.resize_kernel not in RESIZE_KERNELS:
             raise InputError(f"--resize-kernel: one of {', '.join(RESIZE_KERNELS)}, got {self.resize_kernel!r}")
         if self.antialias is False and self.resize_kernel not in ANTIALIAS_CHOICE:
@@ -124,7 +127,8 @@ class Perturbation:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.jpeg, self.blur, self.resize, self.webp, self.reencode))
+        return any(v is not None for v in (self.jpeg, self.blur, self.resize, self.webp, self.reencode,
+                                           self.max_side))
 
     @property
     def kernel_name(self) -> str:
@@ -135,6 +139,7 @@ class Perturbation:
         parts = [f"reencode-{self.reencode.replace(':', '')}" if self.reencode else "",
                  (f"resize{self.resize:g}" + ("" if self.kernel_name == "bilinear" else f"-{self.kernel_name}"))
                  if self.resize else "",
+                 f"maxside{self.max_side}" if self.max_side else "",
                  f"blur{self.blur:g}" if self.blur else "", f"jpeg{self.jpeg}" if self.jpeg else "",
                  f"webp{self.webp}" if self.webp else ""]
         return "+".join(p for p in parts if p) or "none"
@@ -147,6 +152,8 @@ class Perturbation:
             a = encode_decode(a, *enc)
         if self.resize is not None:
             a = resize_array(a, self.resize, self.resize_kernel, self.antialias is not False)
+        if self.max_side is not None and max(a.shape[:2]) > self.max_side:
+            a = resize_array(a, self.max_side / max(a.shape[:2]))
         if self.blur is not None:
             a = np.ascontiguousarray(np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(radius=self.blur))))
         if self.jpeg is not None:
@@ -154,6 +161,15 @@ class Perturbation:
         if self.webp is not None:
             a = encode_decode(a, "WEBP", self.webp)
         return a
+
+
+# Evaluation protocols that remove the format shortcut: a perturbation of the FAKE images only.
+# jpeg96: Dual Data Alignment's evaluation of GenImage, ForenSynths and AIGCDetectBenchmark (their reals
+# are JPEGs, their fakes PNGs): every fake re-encoded as JPEG at quality 96.
+PROTOCOLS: Dict[str, Tuple[str, "Perturbation"]] = {}
+# Robustness tiers, as deployed detectors report them: what a web upload and a hard re-share do, to both
+# classes.
+TIERS: Dict[str, Tuple[str, "Perturbation"]] = {}
 
 
 def resized_shape(h: int, w: int, factor: float) -> Tuple[int, int]:
@@ -256,12 +272,19 @@ def op_normalization(cfg: Dict[str, Any]):
     return ([255.0 * m for m in cfg["normalize"]["mean"]], [255.0 * s for s in cfg["normalize"]["std"]])
 
 
+PROTOCOLS["jpeg96"] = ("fakes re-encoded as JPEG q96, reals as they are (Dual Data Alignment)",
+                       Perturbation(jpeg=96))
+TIERS["web"] = ("long side <= 768 px, then JPEG q60", Perturbation(max_side=768, jpeg=60))
+TIERS["hard"] = ("long side <= 512 px, then JPEG q40", Perturbation(max_side=512, jpeg=40))
+
+
 class EvalDataset(Dataset):
     """(path, label) -> (uint8 crops [K, 3, h, w], label, index, error); unreadable files, and images
     smaller than `min_side` (the encoder's smallest input) on a side, give crops=None with the reason. The scorer normalises the crops, chunk by chunk (fitgap.detector.score_logits)."""
 
     def __init__(self, items: Sequence[Tuple[str, int]], crop: int, mode: str,
-                 perturb: Perturbation = Perturbation(), min_side: int = 1):
+                 perturb: Perturbation = Perturbation(), min_side: int = 1,
+                 fake_perturb: Optional[Perturbation] = None):
         if mode not in ("center", "tiles"):
             raise InputError(f"--crop: center or tiles, got {mode!r}")
         if crop < max(1, min_side):
@@ -269,6 +292,7 @@ class EvalDataset(Dataset):
                              if crop >= 1 else f"crop size must be >= 1 px, got {crop}")
         self.items, self.crop, self.mode, self.perturb = items, crop, mode, perturb
         self.min_side = min_side  # images whose crop would be smaller are skipped (the encoder's minimum)
+        self.fake_perturb = fake_perturb  # a protocol's perturbation of the fakes (label 1) alone, after perturb
 
     def __len__(self):
         return len(self.items)
@@ -277,6 +301,8 @@ class EvalDataset(Dataset):
         path, label = self.items[i]
         try:
             a = self.perturb(decode_rgb(path))
+            if label == 1 and self.fake_perturb is not None:
+                a = self.fake_perturb(a)
         except ImageError as exc:
             return None, label, i, str(exc)
         if min(a.shape[:2]) < self.min_side:

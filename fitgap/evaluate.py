@@ -24,7 +24,7 @@ from .benchmarks import BENCHES, Subset, load_benchmark
 from .files import atomic_write_text
 from .detector import MAX_CROPS, check_size, crop_size, load_detector, score_crops, score_logits, sigmoid
 from .models import min_input_side
-from .evaldata import RESIZE_KERNELS, EvalDataset, Perturbation, collate_eval
+from .evaldata import PROTOCOLS, RESIZE_KERNELS, TIERS, EvalDataset, Perturbation, collate_eval
 from .metrics import METRIC_KEYS, calibration_bins, fit_threshold, mean_row, subset_metrics
 from .errors import InputError, MissingInput
 
@@ -33,14 +33,15 @@ NON_FINITE = "non-finite score"
 
 def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation, device, batch: int,
             workers: int, info: D.DistInfo, desc: str = "", amp: str = "none", max_crops: int = MAX_CROPS,
-            logits: bool = False):
+            logits: bool = False, fake_perturb: Optional[Perturbation] = None):
     """Scores of `items` ([(path, label)]), split over ranks without padding and gathered.
     Returns (scores {index: p_fake, or the mean logit with logits=True}, skipped {index: reason}); an
     image whose score is not finite (NaN logits) is skipped with the reason NON_FINITE, so that
     everything else is still reported."""
     score = score_logits if logits else score_crops
     mine = list(range(info.rank, len(items), info.world_size))
-    ds = EvalDataset([items[i] for i in mine], crop, mode, perturb, min_side=min_input_side(model))
+    ds = EvalDataset([items[i] for i in mine], crop, mode, perturb, min_side=min_input_side(model),
+                     fake_perturb=fake_perturb)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_eval)
     scores, skipped = {}, {}
     for group in progress(loader, desc=desc, disable=not info.is_main, leave=False, dynamic_ncols=True):
@@ -64,11 +65,15 @@ def predict(model, items, crop: int, mode: str, mean, std, perturb: Perturbation
 def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, std, perturb: Perturbation,
                      device, batch: int = 32, workers: int = 2, info: Optional[D.DistInfo] = None,
                      amp: str = "none", threshold: Optional[float] = None, max_crops: int = MAX_CROPS,
-                     calibration: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                     calibration: Optional[Dict[str, Any]] = None, protocol: Optional[str] = None
+                     ) -> Dict[str, Any]:
     """Per-subset metrics at 0.5 (and at `threshold`, a threshold fitted elsewhere, when given; with a
     `calibration` (calibration.json), the calibrated numbers and verdict shares under "calibrated").
     The per-image scores are kept under "_scores" (written as scores.csv, not into results.json)."""
     info = info or D.DistInfo(device=device)
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise InputError(f"--protocol: one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    fake_perturb = PROTOCOLS[protocol][1] if protocol else None
     rows, notes, per_image = [], [], []
     pooled: List[Tuple[int, float]] = []
     for sub in subsets:
@@ -81,7 +86,8 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
         if sub.note:
             notes.append(f"{sub.name}: {sub.note}")
         logits, skipped = predict(model, sub.items, crop, mode, mean, std, perturb, device, batch,
-                                  workers, info, desc=sub.name, amp=amp, max_crops=max_crops, logits=True)
+                                  workers, info, desc=sub.name, amp=amp, max_crops=max_crops, logits=True,
+                                  fake_perturb=fake_perturb)
         scores = {i: sigmoid(v) for i, v in logits.items()}  # what score_crops gives, from the same logits
         idx = sorted(scores)
         m = subset_metrics([sub.items[i][1] for i in idx], [scores[i] for i in idx], fitted_threshold=threshold)
@@ -100,6 +106,7 @@ def evaluate_subsets(model, subsets: List[Subset], crop: int, mode: str, mean, s
         per_image += [(sub.name, p, y, scores.get(i), skipped.get(i, "")) for i, (p, y) in enumerate(sub.items)]
     mean = {"subset": "mean", "status": "ok", **mean_row([r for r in rows if r["status"] == "ok"])}
     out = {"rows": rows, "mean": mean, "notes": notes, "perturbation": perturb.describe(),
+           "protocol": protocol or "as distributed",
            "crop": {"size": crop, "mode": mode}, "threshold": threshold, "_scores": per_image}
     if calibration is not None and pooled:
         out["calibrated_pooled"] = calibrated_metrics([y for y, _ in pooled], [z for _, z in pooled], calibration)
@@ -171,6 +178,7 @@ def format_markdown(result: Dict[str, Any], title: str = "") -> str:
     lines.append("")
     t = result.get("threshold")
     lines.append(f"crop: {result['crop']['mode']} {result['crop']['size']} px at native resolution; "
+                 f"protocol: {protocol_text(result.get('protocol'))}; "
                  f"perturbation: {result['perturbation']}; values in %; acc at P(fake) > 0.5"
                  + (f"; @t: at the fitted threshold t = {t:.4f} ({result.get('threshold_from', '')})"
                     if t is not None else ""))
@@ -345,6 +353,26 @@ def load_threshold(src: str) -> Tuple[float, str]:
         raise InputError(f"--threshold-from: {src}: {exc}") from None
 
 
+def protocol_text(name: Optional[str]) -> str:
+    if name in PROTOCOLS:
+        return f"{name} ({PROTOCOLS[name][0]})"
+    return name or "as distributed"
+
+
+def perturbation_from_args(args) -> Perturbation:
+    """--tier, or the single perturbation flags (not both)."""
+    flags = Perturbation(args.jpeg, args.blur, args.resize, args.resize_kernel,
+                         None if args.antialias is None else args.antialias == "on", args.webp, args.reencode)
+    tier = getattr(args, "tier", None)
+    if tier is None:
+        flags.check()
+        return flags
+    if flags.active:
+        raise InputError(f"--tier {tier}: a tier is its own perturbation ({TIERS[tier][0]}); drop "
+                         f"--{', --'.join(k for k in ('jpeg', 'blur', 'resize', 'webp', 'reencode') if getattr(args, k) is not None)}")
+    return TIERS[tier][1]
+
+
 def default_out_dir(args, perturb: Perturbation) -> str:
     """<checkpoint folder>/eval_<...>: the name encodes everything that changes the scores (benchmark,
     split, subsets, crop mode and size, perturbation) and where a threshold came from, so two different
@@ -356,6 +384,8 @@ def default_out_dir(args, perturb: Perturbation) -> str:
                                else hashlib.sha1(names.encode()).hexdigest()[:8]))
     if perturb.active:
         parts.append(perturb.describe())
+    if getattr(args, "protocol", None):
+        parts.append(f"protocol-{args.protocol}")
     if args.threshold_from:
         parts.append("t-" + hashlib.sha1(os.path.abspath(args.threshold_from).encode()).hexdigest()[:8])
     if getattr(args, "calibration", None):
@@ -374,19 +404,19 @@ def check_out_dir(out: str, threshold_from: Optional[str]) -> None:
                          "write this evaluation elsewhere (another --out, or leave --out to the default)")
 
 
-def run_title(bench: str, ckpt_path: str, perturb: Optional[Perturbation]) -> str:
-    """Names the checkpoint's run folder and the perturbation (if any is given), so two tables can be
+def run_title(bench: str, ckpt_path: str, perturb: Optional[Perturbation], protocol: Optional[str] = None,
+              tier: Optional[str] = None) -> str:
+    """Names the checkpoint's run folder, the protocol, the tier and the perturbation (if any is given), so two tables can be
     told apart."""
     p = os.path.abspath(ckpt_path)
     run_name = os.path.basename(os.path.dirname(p))
-    return f"{bench}: {run_name}/{os.path.basename(p)}" + ("" if perturb is None else
-                                                           f", perturbation {perturb.describe()}")
+    return (f"{bench}: {run_name}/{os.path.basename(p)}" + (f", protocol {protocol}" if protocol else "")
+            + (f", tier {tier}" if tier else "")
+            + ("" if perturb is None else f", perturbation {perturb.describe()}"))
 
 
 def run(args) -> Dict[str, Any]:
-    perturb = Perturbation(args.jpeg, args.blur, args.resize, args.resize_kernel,
-                           None if args.antialias is None else args.antialias == "on", args.webp, args.reencode)
-    perturb.check()
+    perturb = perturbation_from_args(args)
     if args.max_crops < 1:
         raise InputError(f"--max-crops: must be >= 1, got {args.max_crops}")
     check_size(args.size)
@@ -409,7 +439,9 @@ def run(args) -> Dict[str, Any]:
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,
                               args.batch, args.workers, info, amp=args.amp, threshold=threshold,
-                              max_crops=args.max_crops, calibration=calibration)
+                              max_crops=args.max_crops, calibration=calibration, protocol=args.protocol)
+    if args.tier:
+        result["tier"] = f"{args.tier} ({TIERS[args.tier][0]})"
     result.update({"checkpoint": os.path.abspath(args.ckpt), "bench": args.bench, "root": args.root,
                    "threshold_from": threshold_from})
     if calibration is not None:
@@ -421,11 +453,11 @@ def run(args) -> Dict[str, Any]:
         if args.audit:
             from .audit import audit
 
-            checks = audit(subsets, workers=0)["subsets"]
+            checks = audit(subsets, workers=0, protocol=args.protocol)["subsets"]
             for r in result["rows"]:
                 c = checks.get(r["subset"], {})
                 r["metadata_ap"], r["shortcut"] = c.get("metadata_ap"), c.get("shortcut", False)
-        title = run_title(args.bench, args.ckpt, perturb)
+        title = run_title(args.bench, args.ckpt, perturb, args.protocol, args.tier)
         write_results(result, out, title)
         print("\n".join([format_markdown(result, title), *format_calibrated(result)]), flush=True)
         print(f"\nwritten to {out}/results.{{json,csv,md}}, scores.csv, reliability.png", flush=True)
@@ -469,6 +501,12 @@ def get_args_parser():
                    help="on: PIL's antialiased filters (default); off: OpenCV/torch convention without "
                         "antialiasing (bilinear and bicubic only)")
     p.add_argument("--webp", type=int, default=None, help="re-encode as WebP with this quality")
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="jpeg96: every FAKE image re-encoded as JPEG q96, the reals as they are (Dual Data "
+                        "Alignment's debiased evaluation; default: the set as distributed)")
+    p.add_argument("--tier", default=None, choices=sorted(TIERS),
+                   help="a robustness tier applied to both classes: web (long side <= 768 px, JPEG q60) or hard "
+                        "(<= 512 px, JPEG q40); not with the single perturbation flags")
     p.add_argument("--reencode", default=None,
                    help="first re-encode EVERY image (both classes) as png, jpeg:Q or webp:Q")
     p.add_argument("--threshold-from", default=None,

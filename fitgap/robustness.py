@@ -39,7 +39,8 @@ from .benchmarks import BENCHES, load_benchmark
 from .files import atomic_write_text
 from .data import ImageError, decode_rgb
 from .detector import crop_size, load_detector, score_crops
-from .evaldata import ANTIALIAS_CHOICE, RESIZE_KERNELS, Perturbation, center_crop, collate_eval, stack_uint8, tiles
+from .evaldata import (ANTIALIAS_CHOICE, RESIZE_KERNELS, TIERS, Perturbation, center_crop, collate_eval, stack_uint8,
+                       tiles)
 from .errors import InputError
 
 FACTORS = (0.5, 0.75, 0.9, 1.1, 1.25, 1.5)
@@ -71,8 +72,10 @@ def parse_kernel(k: str) -> Perturbation:
 
 def conditions(factors: Sequence[float] = FACTORS, kernels: Sequence[str] = KERNELS,
                jpeg: Sequence[int] = JPEG_QUALITIES, webp: Sequence[int] = WEBP_QUALITIES,
-               blur: Sequence[float] = BLUR_SIGMAS, reencode: Optional[str] = None) -> List[Condition]:
-    """Every condition of the sweep; `reencode` is applied to every image first (native included)."""
+               blur: Sequence[float] = BLUR_SIGMAS, reencode: Optional[str] = None,
+               tiers: Sequence[str] = tuple(TIERS)) -> List[Condition]:
+    """Every condition of the sweep; `reencode` is applied to every image first (native included);
+    `tiers` adds the robustness tiers (web, hard: a long-side cap then JPEG) as one condition each."""
     out = []
     for k in kernels:
         kp = parse_kernel(k)
@@ -82,6 +85,12 @@ def conditions(factors: Sequence[float] = FACTORS, kernels: Sequence[str] = KERN
     out += [Condition(f"jpeg{q}", "jpeg", float(q), Perturbation(jpeg=int(q), reencode=reencode)) for q in jpeg]
     out += [Condition(f"webp{q}", "webp", float(q), Perturbation(webp=int(q), reencode=reencode)) for q in webp]
     out += [Condition(f"blur{s:g}", "blur", float(s), Perturbation(blur=float(s), reencode=reencode)) for s in blur]
+    for t in tiers:
+        if t not in TIERS:
+            raise InputError(f"--tiers: one of {', '.join(TIERS)}, got {t!r}")
+        tp = TIERS[t][1]
+        out.append(Condition(f"tier-{t}", "tier", float(tp.max_side),
+                             Perturbation(jpeg=tp.jpeg, max_side=tp.max_side, reencode=reencode)))
     for c in out:
         c.perturb.check()
     return out
@@ -218,6 +227,17 @@ def format_tables(result: Dict[str, Any]) -> str:
             lines.append(f"| {k} | " + " | ".join(
                 _p(m.get(f"resize{f:g}-{k}", {}).get("real_to_fake")) for f in factors) + " |")
         lines.append("")
+    tier_conds = [c for c in result["conditions"] if c["group"] == "tier"]
+    if tier_conds:
+        m = result["mean"]
+        lines += ["## Robustness tiers (mean over subsets; both classes)", "",
+                  "| tier | what | AP | acc | real to fake | fake flip |", "|---|---|---|---|---|---|",
+                  f"| native | as distributed | {_p(m['native']['ap'])} | {_p(m['native']['acc'])} | - | - |"]
+        for c in tier_conds:
+            r, t = m.get(c["name"], {}), c["name"].split("-", 1)[1]
+            lines.append(f"| {t} | {TIERS[t][0] if t in TIERS else ''} | {_p(r.get('ap'))} | {_p(r.get('acc'))} | "
+                         f"{_p(r.get('real_to_fake'))} | {_p(r.get('fake_flip'))} |")
+        lines.append("")
     for sub, v in result["subsets"].items():
         lines += [f"## {sub}", ""]
         if "conditions" not in v:
@@ -322,6 +342,9 @@ def get_args_parser():
     p.add_argument("--jpeg", nargs="*", type=int, default=list(JPEG_QUALITIES))
     p.add_argument("--webp", nargs="*", type=int, default=list(WEBP_QUALITIES))
     p.add_argument("--blur", nargs="*", type=float, default=list(BLUR_SIGMAS))
+    p.add_argument("--tiers", nargs="*", default=list(TIERS),
+                   help="robustness tiers, one summary row each: web (long side <= 768 px, JPEG q60), hard "
+                        "(<= 512 px, JPEG q40) (default both; none: --tiers with no value)")
     p.add_argument("--reencode", default=None, help="re-encode every image first: png, jpeg:Q or webp:Q")
     p.add_argument("--max-per-class", type=int, default=None,
                    help="score at most this many real and fake images per subset (seeded sample)")
@@ -353,7 +376,7 @@ def run(args) -> Dict[str, Any]:
     from . import distributed as D
     from .evaluate import load_threshold, run_title
 
-    conds = conditions(args.factors, args.kernels, args.jpeg, args.webp, args.blur, args.reencode)
+    conds = conditions(args.factors, args.kernels, args.jpeg, args.webp, args.blur, args.reencode, args.tiers)
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (0.5, "default 0.5")
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)

@@ -81,6 +81,28 @@ def test_no_flag_when_both_classes_are_png_of_one_size(tmp_path):
     assert s["metadata_ap"] < 0.9 and not s["shortcut"] and res["flagged"] == []
 
 
+def test_the_jpeg96_protocol_removes_the_format_shortcut_from_the_audit(tmp_path):
+    """Reals JPEG q96, fakes PNG: flagged as distributed; with the fakes re-encoded as the protocol does,
+    the headers carry nothing and the audit no longer flags."""
+    rng = np.random.default_rng(0)
+    for label in ("0_real", "1_fake"):
+        d = tmp_path / "gen" / label
+        d.mkdir(parents=True)
+        for i in range(12):
+            h, w = int(rng.integers(60, 90)), int(rng.integers(60, 90))
+            im = Image.fromarray(smooth_noise(h, w, 100 * (label == "1_fake") + i))
+            if label == "0_real":
+                im.save(d / f"{i}.jpg", quality=96)
+            else:
+                im.save(d / f"{i}.png")
+    subsets = load_benchmark("folder", str(tmp_path))
+    as_is = audit(subsets)
+    assert as_is["flagged"] == ["gen"]
+    fixed = audit(subsets, protocol="jpeg96")
+    s = fixed["subsets"]["gen"]
+    assert fixed["flagged"] == [] and s["metadata_ap"] < 0.9 and s["fake"]["formats"] == {"JPEG": 12}
+
+
 def test_audit_cli_writes_json_and_markdown(tmp_path):
     from fitgap.audit import main
 

@@ -188,6 +188,86 @@ def test_perturbations_are_label_blind(tmp_path):
         Perturbation(jpeg=0).check()
 
 
+def test_the_jpeg96_protocol_reencodes_the_fakes_alone_and_tiers_cap_then_compress(tmp_path):
+    from fitgap.evaldata import PROTOCOLS, TIERS, encode_decode
+
+    img = smooth_noise(64, 64, 7)
+    for label in ("0_real", "1_fake"):
+        os.makedirs(tmp_path / label)
+        Image.fromarray(img).save(tmp_path / label / "same.png")
+    items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
+    plain = EvalDataset(items, 64, "center")
+    ds = EvalDataset(items, 64, "center", fake_perturb=PROTOCOLS["jpeg96"][1])
+    assert torch.equal(ds[0][0], plain[0][0])  # the real as it is
+    want = torch.from_numpy(encode_decode(img, "JPEG", 96).copy()).permute(2, 0, 1)[None]
+    assert torch.equal(ds[1][0], want) and not torch.equal(ds[1][0], plain[1][0])
+    big = smooth_noise(500, 1000, 1)
+    web = TIERS["web"][1](big)
+    assert web.shape == (384, 768, 3) and TIERS["hard"][1](big).shape == (256, 512, 3)
+    small = smooth_noise(300, 200, 2)
+    assert TIERS["web"][1](small).shape == small.shape  # never enlarged: only the JPEG applies
+    assert np.array_equal(TIERS["web"][1](small), encode_decode(small, "JPEG", 60))
+    with pytest.raises(ValueError, match="max_side"):
+        Perturbation(max_side=0).check()
+
+
+def test_evaluate_names_its_protocol_and_tier_and_refuses_mixing_a_tier(tree, pretrained, tmp_path):
+    run(finetune_args(tree, str(tmp_path), "pr", pretrained))
+    ck = str(tmp_path / "pr" / "best.pt")
+    base = ["evaluate.py", "--ckpt", ck, "--bench", "folder", "--root", tree, "--device", "cpu", "--workers", "0"]
+    r = run(base + ["--protocol", "jpeg96"])
+    out = tmp_path / "pr" / "eval_folder_default_center_protocol-jpeg96"
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"] == "jpeg96" and "protocol jpeg96" in r.stdout
+    assert "protocol: jpeg96 (fakes re-encoded as JPEG q96" in (out / "results.md").read_text()
+    plain = run(base)
+    assert "protocol: as distributed" in plain.stdout
+    r = run(base + ["--tier", "web"])
+    res = json.loads((tmp_path / "pr" / "eval_folder_default_center_maxside768+jpeg60" / "results.json").read_text())
+    assert res["tier"].startswith("web") and res["perturbation"] == "maxside768+jpeg60" and "tier web" in r.stdout
+    r = run(base + ["--tier", "hard", "--jpeg", "75"], check=False)
+    assert r.returncode == 2 and "--tier hard: a tier is its own perturbation" in r.stderr and "--jpeg" in r.stderr
+
+
+def test_finetune_encoder_lr_scale_and_linear_epochs(tree, pretrained, tmp_path):
+    """optim.encoder_lr_scale puts the encoder in its own parameter group at lr x scale; with
+    train.linear_epochs the encoder stays exactly the pre-trained one (batch-norm statistics included)
+    for those epochs, then learns; both refused when out of range."""
+    from fitgap.finetune import DEFAULTS, check, param_groups
+    from fitgap import config as C
+    from fitgap.models import Detector, build_encoder
+
+    det = Detector(build_encoder("test_resnet"))
+    groups = param_groups(det, 0.1)
+    assert [g["name"] for g in groups] == ["head", "encoder"] and groups[1]["lr_scale"] == 0.1
+    assert sum(len(g["params"]) for g in groups) == len(list(det.parameters()))
+    opt = torch.optim.Adam(groups, lr=1.0)
+    from fitgap.optim import set_lr
+
+    set_lr(opt, 2e-3)
+    assert [g["lr"] for g in opt.param_groups] == [2e-3, pytest.approx(2e-4)]
+    run(finetune_args(tree, str(tmp_path), "lp", pretrained, "train.linear_epochs=1", "train.epochs=2",
+                      "optim.encoder_lr_scale=0.5"))
+    before = torch.load(pretrained, weights_only=True)["model"]
+    log = [json.loads(x) for x in (tmp_path / "lp" / "log.jsonl").read_text().splitlines()]
+    assert any("epoch_loss" in x for x in log)
+    best = torch.load(tmp_path / "lp" / "last.pt", weights_only=True)
+    assert best["epoch"] == 1
+    changed = [k for k, v in best["model"].items() if k.startswith("encoder.") and v.dtype.is_floating_point
+               and not torch.equal(v, before[k])]
+    assert changed  # learned in the second epoch
+    run(finetune_args(tree, str(tmp_path), "lp1", pretrained, "train.linear_epochs=1", "train.epochs=2",
+                      "train.max_steps=1"))  # stops inside the linear epoch: the encoder is untouched
+    one = torch.load(tmp_path / "lp1" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, before[k]) for k, v in one.items() if k.startswith("encoder."))
+    cfg = C.load_config("configs/demo_finetune.yaml", ["train.linear_epochs=4", "train.epochs=4"], DEFAULTS)
+    with pytest.raises(C.ConfigError, match="train.linear_epochs"):
+        check(cfg, 1)
+    cfg = C.load_config("configs/demo_finetune.yaml", ["optim.encoder_lr_scale=0.0"], DEFAULTS)
+    with pytest.raises(C.ConfigError, match="encoder_lr_scale"):
+        check(cfg, 1)
+
+
 def test_tiles_cover_the_image():
     a = np.arange(100 * 70 * 3, dtype=np.uint8).reshape(100, 70, 3)
     t = tiles(a, 32)

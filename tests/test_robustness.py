@@ -88,7 +88,10 @@ def sharp_tree(tmp_path, n=6):
 def test_sweep_on_a_fixed_detector_flips_fakes_under_blur_only(tmp_path):
     items = sharp_tree(tmp_path)
     model = Sharpness(cut=0.5)
-    conds = conditions(factors=[1.5], kernels=["bilinear"], jpeg=[], webp=[], blur=[2.0])
+    tiers = conditions(factors=[], kernels=[], jpeg=[], webp=[], blur=[])  # the tiers come by default
+    assert [(c.name, c.group, c.perturb.max_side, c.perturb.jpeg) for c in tiers] == [
+        ("tier-web", "tier", 768, 60), ("tier-hard", "tier", 512, 40)]
+    conds = conditions(factors=[1.5], kernels=["bilinear"], jpeg=[], webp=[], blur=[2.0], tiers=[])
     scores, errors = sweep_subset(model, items, conds, 48, "center", [0.5] * 3, [0.25] * 3, "cpu", batch=4,
                                   workers=0)
     assert not errors and scores.shape == (12, 3) and np.isfinite(scores).all()
@@ -125,7 +128,7 @@ def test_robustness_cli_writes_tables_and_plots(tmp_path):
     data = json.loads((out / "robustness.json").read_text())
     names = [c["name"] for c in data["conditions"]]
     assert names == ["resize0.5-bilinear", "resize1.5-bilinear", "resize0.5-bicubic-noaa", "resize1.5-bicubic-noaa",
-                     "jpeg75", "webp80", "blur1"]
+                     "jpeg75", "webp80", "blur1", "tier-web", "tier-hard"]
     g = data["subsets"]["gen"]
     assert g["n_real"] == 4 and g["n_fake"] == 4 and set(g["conditions"]) == {"native", *names}
     assert data["reencode"] == "jpeg:95" and "run/best.pt" in data["title"]
@@ -133,6 +136,7 @@ def test_robustness_cli_writes_tables_and_plots(tmp_path):
         assert (out / f).stat().st_size > 0
     md = (out / "robustness.md").read_text()
     assert "| resize0.5-bicubic-noaa |" in md and "OpenCV INTER_CUBIC" in md
+    assert "## Robustness tiers" in md and "| web | long side <= 768 px, then JPEG q60 |" in md
     # a subset-name typo: one line naming what was asked for, not KeyError: 'ap'
     with pytest.raises(SystemExit) as e:
         main(["--ckpt", str(path), "--bench", "folder", "--root", str(tmp_path / "bench"), "--out", str(out),
