@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin
 from .progress import progress
 
-from .benchmarks import BENCHES, Subset, load_benchmark
+from .benchmarks import BENCHES, Subset, add_bench_args, bench_kwargs, load_benchmark
 from .errors import InputError
 from .files import atomic_write_text
 
@@ -304,7 +304,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", required=True, choices=BENCHES)
     p.add_argument("--root", default=None)
-    p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos (RAISE)")
+    add_bench_args(p)
     p.add_argument("--split", default=None,
                    help="the benchmark's split (default: the one evaluate.py scores, e.g. test for wildrf and mini)")
     p.add_argument("--subsets", nargs="*", default=None)
@@ -316,7 +316,7 @@ def get_args_parser():
 
 
 def run(args) -> Dict[str, Any]:
-    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
+    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, **bench_kwargs(args))
     result = audit(subsets, args.workers, getattr(args, "protocol", None))
     result.update({"bench": args.bench, "root": args.root, "split": args.split})
     os.makedirs(args.out, exist_ok=True)

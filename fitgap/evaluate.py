@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from .progress import progress
 
 from . import distributed as D
-from .benchmarks import BENCHES, Subset, load_benchmark
+from .benchmarks import BENCHES, Subset, add_bench_args, bench_kwargs, load_benchmark
 from .files import atomic_write_text
 from .detector import MAX_CROPS, check_size, crop_size, load_detector, score_crops, score_logits, sigmoid
 from .models import min_input_side
@@ -432,7 +432,7 @@ def run(args) -> Dict[str, Any]:
     model, cfg = load_detector(args.ckpt, info.device)
     # rank 0 lists, every rank scores its share of that one listing (scores are matched by index)
     subsets = D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
-                                 real_root=args.real_root)
+                                 **bench_kwargs(args))
     if calibration is not None:
         check_calibration_set(calibration, subsets)
     crop = crop_size(args.size, cfg)
@@ -484,7 +484,7 @@ def get_args_parser():
     p.add_argument("--ckpt", required=True, help="a detector checkpoint (finetune.py's best.pt or last.pt)")
     p.add_argument("--bench", required=True, choices=BENCHES)
     p.add_argument("--root", default=None, help="benchmark root (mini: cache folder, optional)")
-    p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos (RAISE)")
+    add_bench_args(p)
     p.add_argument("--split", default=None,
                    help="genimage: train or val (default val); mini: train or test (default test); "
                         "wildrf: train, val or test (default test)")

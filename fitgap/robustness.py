@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from .progress import progress
 
-from .benchmarks import BENCHES, load_benchmark
+from .benchmarks import BENCHES, add_bench_args, bench_kwargs, load_benchmark
 from .files import atomic_write_text
 from .data import ImageError, decode_rgb
 from .detector import crop_size, load_detector, score_crops
@@ -333,7 +333,7 @@ def get_args_parser():
     p.add_argument("--ckpt", required=True)
     p.add_argument("--bench", required=True, choices=BENCHES)
     p.add_argument("--root", default=None)
-    p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos")
+    add_bench_args(p)
     p.add_argument("--split", default=None)
     p.add_argument("--subsets", nargs="*", default=None)
     p.add_argument("--out", required=True)
@@ -380,7 +380,7 @@ def run(args) -> Dict[str, Any]:
     threshold, threshold_from = load_threshold(args.threshold_from) if args.threshold_from else (0.5, "default 0.5")
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
-    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, real_root=args.real_root)
+    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, **bench_kwargs(args))
     if not any(s.status == "ok" for s in subsets):
         raise InputError(f"no subset to score: {', '.join(f'{s.name} ({s.status})' for s in subsets)}"
                          + (" (check the --subsets names)" if args.subsets else ""))

@@ -302,3 +302,46 @@ def test_csv_list_relative_paths_subsets_and_bad_rows(tmp_path):
     (tmp_path / "bad.csv").write_text("imgs/0.png,0\nimgs/1.png,maybe\n")
     with pytest.raises(ValueError, match=r"bad.csv:2"):
         load_benchmark("csv", str(tmp_path / "bad.csv"))
+
+
+def test_csv_with_named_columns_reads_b_free_and_imaginet_layouts(tmp_path):
+    """--columns names the header columns to read: B-Free's viral list (filename, REAL/FAKE labels, a
+    third column that is not a subset) and ImagiNet's annotations (paths under one root, a model column
+    as the subset, its own label words)."""
+    from fitgap.errors import InputError as IE
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for n in ("a.png", "b.png", "c.png", "d.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(imgs / n)
+    bfree = tmp_path / "viral.csv"
+    bfree.write_text("filename,label,source_id\nimgs/a.png,REAL,123\nimgs/b.png,FAKE,456\nimgs/c.png,fake,789\n")
+    subs = load_benchmark("csv", str(bfree), columns="path=filename,label=label")
+    assert [(s.name, s.counts) for s in subs] == [("all", {"real": 1, "fake": 2})]  # source_id is not a subset
+    assert subs[0].items[0] == (str(tmp_path / "imgs" / "a.png"), 0)
+    by_src = load_benchmark("csv", str(bfree), columns="path=filename,label=label,subset=source_id")
+    assert sorted(s.name for s in by_src) == ["123", "456", "789"]
+    ann = tmp_path / "annotations" / "test.csv"
+    ann.parent.mkdir()
+    ann.write_text("path,origin,content_type,model,specific_model\n"
+                   "a.png,authentic,photo,,\nb.png,synthetic,photo,sd,sdxl\nc.png,synthetic,art,midjourney,v6\n"
+                   "d.png,authentic,art,,\n")
+    subs = load_benchmark("csv", str(ann), columns="path=path,label=origin,subset=model", image_root=str(imgs),
+                          real_values=["authentic"], fake_values=["synthetic"])
+    by = {s.name: s for s in subs}
+    assert sorted(by) == ["midjourney", "sd"]  # the reals (no model) are every model's reals
+    assert by["sd"].counts == {"real": 2, "fake": 1} and (str(imgs / "b.png"), 1) in by["sd"].items
+    assert (str(imgs / "d.png"), 0) in by["midjourney"].items and "rows without a 'model' value" in by["sd"].note
+    with pytest.raises(IE, match=r"test.csv:3: label 'synthetic' in column 'origin' is neither"):
+        load_benchmark("csv", str(ann), columns="path=path,label=origin", image_root=str(imgs),
+                       real_values=["authentic"])
+    with pytest.raises(IE, match="no column 'origin2'"):
+        load_benchmark("csv", str(ann), columns="path=path,label=origin2")
+    with pytest.raises(IE, match="label must be named"):
+        load_benchmark("csv", str(ann), columns="path=path")
+    with pytest.raises(IE, match="FIELD=COLUMN"):
+        load_benchmark("csv", str(ann), columns="file=path,label=origin")
+    with pytest.raises(IE, match="use --bench csv"):
+        load_benchmark("folder", str(imgs), columns="path=path,label=origin")
+    with pytest.raises(IE, match="given as both"):
+        load_benchmark("csv", str(ann), columns="path=path,label=origin", real_values=["x"], fake_values=["X"])
