@@ -29,6 +29,7 @@ from PIL import Image, JpegImagePlugin
 from .progress import progress
 
 from .benchmarks import BENCHES, Subset, add_bench_args, bench_kwargs, load_benchmark
+from .data import PARQUET_SEP
 from .errors import InputError
 from .files import atomic_write_text
 
@@ -107,13 +108,21 @@ def read_header(path: Union[str, bytes], name: Optional[str] = None) -> Dict[str
     pixels are not decoded. `error` is set for unreadable files."""
     data = path if isinstance(path, bytes) else None
     rec: Dict[str, Any] = {"path": name if data is not None else path}
+    if data is None and PARQUET_SEP in path:  # an image stored in a parquet file
+        from .parquet import read_ref
+
+        try:
+            data = read_ref(path)
+        except Exception as exc:  # noqa: BLE001 - counted as unreadable, as a broken file is
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+            return rec
     try:
         rec["bytes"] = len(data) if data is not None else os.path.getsize(path)
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
             rec["format"] = im.format or "?"
             rec["width"], rec["height"] = im.size
             rec["mode"] = im.mode
-            rec["bits"] = _bit_depth(path, im)
+            rec["bits"] = _bit_depth(data if data is not None else path, im)
             rec["icc"] = bool(im.info.get("icc_profile"))
             rec["text_keys"] = sorted(k for k, v in im.info.items() if isinstance(k, str) and isinstance(v, str))[:32]
             rec["exif"] = bool(im.info.get("exif")) or (im.format == "TIFF" and 34665 in getattr(im, "tag_v2", {}))

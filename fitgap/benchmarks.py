@@ -10,6 +10,11 @@
                  dalle; a <name> with 1_fake alone takes its reals from imagenet/ (guided) or laion/
     synthbuster  <generator>/*.png fakes; the real photos (RAISE) in a separate folder, --real-root
     chameleon    [test/]{0_real,1_fake}
+    parquet      --root FILE.parquet | FOLDER | 'GLOB': image bytes in a column, read one row group at a time
+                 (fitgap.parquet); --image-column, --label-column, --subset-column
+    openfake     OpenFake's parquet files: image, label real/fake, subsets by model
+    commfor      Community Forensics-Eval's parquet files: image_data, label 1 fake / 0 real, subsets by
+                 model_name (--subset-column architecture or subset for the others)
     csv          a CSV file `path,label[,subset]` (label 0/1 or real/fake; relative paths against the
                  CSV's folder; a header line is optional); with --columns path=COL,label=COL[,subset=COL]
                  its header names the columns to read (B-Free's list: path=filename,label=label; ImagiNet's
@@ -37,7 +42,8 @@ SYNTHBUSTER = ["dalle2", "dalle3", "firefly", "glide", "midjourney-v5", "stable-
                "stable-diffusion-1-4", "stable-diffusion-2", "stable-diffusion-xl"]
 WILDRF = ["reddit", "twitter", "facebook"]
 BENCHES = ("forensynths", "selfsynth", "genimage", "folder", "mini", "wildrf", "ufd", "synthbuster", "chameleon",
-           "csv")
+           "csv", "parquet", "openfake", "commfor")
+PARQUET_BENCHES = ("parquet", "openfake", "commfor")
 
 
 @dataclass
@@ -314,23 +320,65 @@ def csv_columns(path: str, columns: Dict[str, str], image_root: Optional[str] = 
             groups.setdefault(sub, []).append((p, words[value.lower()]))
     if not groups:
         raise InputError(f"{path}: no rows")
+    return group_labelled_rows([(p, y, sub) for sub, items in groups.items() for p, y in items],
+                               columns.get("subset", "subset"))
+
+
+def group_labelled_rows(rows: Sequence[Tuple[str, int, str]], subset_column: str) -> List[Subset]:
+    """Subsets from (path, label, subset value) rows, in the order values first appear. Sets that name
+    the generator of each fake leave the reals without one (ImagiNet) or under a value of their own
+    (OpenFake's reals): when some subsets hold fakes only, the reals of the rows without a value and of
+    the subsets holding reals only are pooled and join every fakes-only subset, as synthbuster's shared
+    reals do (each such subset's note says so); fakes without a value form the subset "all"."""
+    groups: Dict[str, List[Tuple[str, int]]] = {}
+    for p, y, sub in rows:
+        groups.setdefault(sub, []).append((p, y))
     blank = groups.pop("", [])
     if not groups:
         return [Subset("all", sorted(blank, key=lambda t: t[1]))]
-    # rows without a subset (ImagiNet's reals have no model): their reals join every subset that has
-    # none of its own, as synthbuster's shared reals do; their fakes, if any, form the subset "all"
-    reals = [it for it in blank if it[1] == 0]
+    fakes_only = [k for k, v in groups.items() if all(y == 1 for _, y in v)]
+    reals_only = [k for k, v in groups.items() if all(y == 0 for _, y in v)] if fakes_only else []
+    reals = [it for it in blank if it[1] == 0] + [it for k in reals_only for it in groups.pop(k)]
+    where = " and ".join(([f"the rows without a {subset_column!r} value"] if any(y == 0 for _, y in blank) else [])
+                         + [f"{subset_column} {k!r}" for k in reals_only])
     out = []
     for name, items in groups.items():
         note = ""
-        if reals and not any(y == 0 for _, y in items):
+        if reals and name in fakes_only:
             items = items + reals
-            note = f"reals: the {len(reals)} rows without a {columns['subset']!r} value"
+            note = f"reals: the {len(reals)} of {where}"
         out.append(Subset(name, sorted(items, key=lambda t: t[1]), note=note))
     loose = [it for it in blank if it[1] == 1]
     if loose:
-        out.append(Subset("all", loose, note=f"fakes without a {columns['subset']!r} value"))
+        out.append(Subset("all", loose, note=f"fakes without a {subset_column!r} value"))
     return out
+
+
+def parquet_benchmark(root: str, preset: str = "parquet", image_column: Optional[str] = None,
+                      label_column: Optional[str] = None, subset_column: Optional[str] = None,
+                      real_values: Sequence[str] = (), fake_values: Sequence[str] = ()):
+    """Subsets of a parquet set: rows grouped by the subset column (or one subset), labels 0/1 or
+    real/fake in any case plus the given words; reals of rows without a subset value are every
+    subset's reals when it has none of its own."""
+    from .parquet import PRESETS, list_rows, parse_ref
+
+    cols = dict(PRESETS[preset])
+    cols.update({k: v for k, v in (("image", image_column), ("label", label_column), ("subset", subset_column))
+                 if v})
+    rows = list_rows(root, cols["image"], cols["label"], cols["subset"])
+    if not rows:
+        raise InputError(f"{root}: no rows")
+    words = {**{k: v for k, v in CSV_LABELS.items()}, **{w.lower(): 0 for w in real_values},
+             **{w.lower(): 1 for w in fake_values}, "true": 1, "false": 0}
+    labelled = []
+    for ref, raw, sub in rows:
+        key = str(raw).strip().lower() if not isinstance(raw, bool) else str(int(raw))
+        if key not in words:
+            f, g, r, _ = parse_ref(ref)
+            raise InputError(f"{f}: row group {g}, row {r}: label {raw!r} in column {cols['label']!r} is neither "
+                             "real nor fake (0/1, real/fake; map other words with --real-values / --fake-values)")
+        labelled.append((ref, words[key], sub))
+    return group_labelled_rows(labelled, cols["subset"] or "subset")
 
 
 def add_bench_args(p) -> None:
@@ -341,33 +389,52 @@ def add_bench_args(p) -> None:
                         "(default: the columns path,label[,subset] in that order)")
     p.add_argument("--image-root", default=None,
                    help="bench csv: the folder relative paths are under (default: the CSV's folder)")
-    p.add_argument("--real-values", nargs="*", default=[], help="bench csv: more label words meaning real")
-    p.add_argument("--fake-values", nargs="*", default=[], help="bench csv: more label words meaning fake")
+    p.add_argument("--real-values", nargs="*", default=[], help="bench csv and parquet sets: more label words meaning real")
+    p.add_argument("--fake-values", nargs="*", default=[], help="bench csv and parquet sets: more label words meaning fake")
+    p.add_argument("--image-column", default=None,
+                   help="parquet sets: the column of image bytes (openfake: image, commfor: image_data)")
+    p.add_argument("--label-column", default=None, help="parquet sets: the label column (default label)")
+    p.add_argument("--subset-column", default=None,
+                   help="parquet sets: the column that names the subset (openfake: model, commfor: model_name; "
+                        "parquet: none)")
 
 
 def bench_kwargs(args) -> Dict[str, object]:
     """load_benchmark's keyword arguments from add_bench_args' options."""
     return {"real_root": getattr(args, "real_root", None), "columns": getattr(args, "columns", None),
             "image_root": getattr(args, "image_root", None), "real_values": getattr(args, "real_values", None) or (),
-            "fake_values": getattr(args, "fake_values", None) or ()}
+            "fake_values": getattr(args, "fake_values", None) or (),
+            **{k: getattr(args, k, None) for k in ("image_column", "label_column", "subset_column")}}
 
 
 def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] = None,
                    subsets: Optional[List[str]] = None, real_root: Optional[str] = None,
                    columns: Optional[str] = None, image_root: Optional[str] = None,
-                   real_values: Sequence[str] = (), fake_values: Sequence[str] = ()) -> List[Subset]:
+                   real_values: Sequence[str] = (), fake_values: Sequence[str] = (),
+                   image_column: Optional[str] = None, label_column: Optional[str] = None,
+                   subset_column: Optional[str] = None) -> List[Subset]:
     """Discover a benchmark's subsets; `subsets` keeps only those names (in that order). `split`
     (genimage: train/val, default val; mini: train/test, default test; wildrf: train/val/test, default
     test) is ignored by the other layouts."""
     if name not in BENCHES:
         raise InputError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
-    if name != "csv" and (columns or image_root or real_values or fake_values):
-        raise InputError("--columns, --image-root, --real-values and --fake-values read a CSV list: use --bench csv")
+    parquet_columns = {"image": image_column, "label": label_column, "subset": subset_column}
+    if name != "csv" and (columns or image_root):
+        raise InputError("--columns and --image-root read a CSV list: use --bench csv")
+    if name not in ("csv", *PARQUET_BENCHES) and (real_values or fake_values):
+        raise InputError("--real-values / --fake-values map the label words of a CSV or parquet set")
+    if name not in PARQUET_BENCHES and any(parquet_columns.values()):
+        raise InputError("--image-column, --label-column and --subset-column read a parquet set: use --bench parquet, "
+                         "openfake or commfor")
     if name == "mini":
         from .minibench import ensure_minibench
 
         root = os.path.join(ensure_minibench(root), split if split in ("train", "test") else "test")
         found = folder(root)
+    elif name in PARQUET_BENCHES:
+        if not root:
+            raise MissingInput(f"--root: give the parquet file(s) of {name} (a file, a folder or a glob pattern)")
+        found = parquet_benchmark(root, name, image_column, label_column, subset_column, real_values, fake_values)
     elif name == "csv":
         if columns or image_root or real_values or fake_values:
             found = csv_columns(root or "", parse_columns(columns or "path=path,label=label"), image_root,

@@ -90,6 +90,9 @@ def _decode_jpeg_torchvision(data: bytes) -> Optional[np.ndarray]:
     return np.ascontiguousarray(t.permute(1, 2, 0).numpy())
 
 
+PARQUET_SEP = "::row-group:"  # fitgap.parquet.SEP: "<file>::row-group:<g>:<row>:<column>" names an image in a parquet file
+
+
 def decode_rgb(src: Union[str, bytes], jpeg: str = "torchvision") -> np.ndarray:
     """Decode an image file (a path, or its bytes as read from a shard) to [H, W, 3] uint8; raises
     ImageError with the reason. JPEGs go through torchvision (jpeg="pillow": through Pillow, the
@@ -98,6 +101,10 @@ def decode_rgb(src: Union[str, bytes], jpeg: str = "torchvision") -> np.ndarray:
     try:
         if isinstance(src, bytes):
             data = src
+        elif PARQUET_SEP in src:  # an image stored in a parquet file (fitgap.parquet)
+            from .parquet import read_ref
+
+            data = read_ref(src)
         else:
             with open(src, "rb") as f:
                 data = f.read()

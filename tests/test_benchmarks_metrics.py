@@ -320,7 +320,7 @@ def test_csv_with_named_columns_reads_b_free_and_imaginet_layouts(tmp_path):
     assert [(s.name, s.counts) for s in subs] == [("all", {"real": 1, "fake": 2})]  # source_id is not a subset
     assert subs[0].items[0] == (str(tmp_path / "imgs" / "a.png"), 0)
     by_src = load_benchmark("csv", str(bfree), columns="path=filename,label=label,subset=source_id")
-    assert sorted(s.name for s in by_src) == ["123", "456", "789"]
+    assert [(s.name, s.counts) for s in by_src] == [("456", {"real": 1, "fake": 1}), ("789", {"real": 1, "fake": 1})]
     ann = tmp_path / "annotations" / "test.csv"
     ann.parent.mkdir()
     ann.write_text("path,origin,content_type,model,specific_model\n"
@@ -332,6 +332,14 @@ def test_csv_with_named_columns_reads_b_free_and_imaginet_layouts(tmp_path):
     assert sorted(by) == ["midjourney", "sd"]  # the reals (no model) are every model's reals
     assert by["sd"].counts == {"real": 2, "fake": 1} and (str(imgs / "b.png"), 1) in by["sd"].items
     assert (str(imgs / "d.png"), 0) in by["midjourney"].items and "rows without a 'model' value" in by["sd"].note
+    # reals under a value of their own (OpenFake's) are pooled the same way
+    from fitgap.benchmarks import group_labelled_rows
+
+    subs = group_labelled_rows([("r1", 0, "real"), ("f1", 1, "sd"), ("r2", 0, "real"), ("f2", 1, "flux")], "model")
+    assert [(x.name, x.counts) for x in subs] == [("sd", {"real": 2, "fake": 1}), ("flux", {"real": 2, "fake": 1})]
+    assert "model 'real'" in subs[0].note
+    mixed = group_labelled_rows([("r1", 0, "a"), ("f1", 1, "a"), ("r2", 0, "b")], "model")
+    assert [x.name for x in mixed] == ["a", "b"]  # no fakes-only subset: nothing is pooled
     with pytest.raises(IE, match=r"test.csv:3: label 'synthetic' in column 'origin' is neither"):
         load_benchmark("csv", str(ann), columns="path=path,label=origin", image_root=str(imgs),
                        real_values=["authentic"])
