@@ -18,6 +18,7 @@ COMMANDS = {
     "analysis": ("fitgap.analysis", "main"),
     "shards": ("fitgap.shards", "main"),
     "serve": ("fitgap.serve", "cli"),
+    "reproduce": ("fitgap.reproduce", "main"),
     "demo": ("fitgap.demo", "main"),
 }
 
