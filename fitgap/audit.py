@@ -17,12 +17,13 @@ Writes audit.json and audit.md.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
@@ -30,7 +31,7 @@ from .progress import progress
 
 from .benchmarks import BENCHES, Subset, add_bench_args, bench_kwargs, load_benchmark
 from .data import PARQUET_SEP
-from .errors import InputError
+from .errors import InputError, MissingInput
 from .files import atomic_write_text
 
 SHORTCUT_AP = 0.9
@@ -229,7 +230,7 @@ def describe(records: Sequence[Dict[str, Any]], top: int = 3) -> Dict[str, Any]:
 def as_protocol(rec: Dict[str, Any], protocol: Optional[str]) -> Dict[str, Any]:
     """The header a fake has once an evaluation protocol has re-encoded it (jpeg96: a baseline JPEG at
     quality 96, 4:2:0, 8-bit RGB, no EXIF, ICC or text chunks, the same size); other records as read."""
-    if protocol is None or "error" in rec:
+    if protocol in (None, "size-constrained") or "error" in rec:  # size-constrained: the subsets are filtered
         return rec
     if protocol != "jpeg96":
         raise InputError(f"--protocol: unknown protocol {protocol!r}")
@@ -238,8 +239,14 @@ def as_protocol(rec: Dict[str, Any], protocol: Optional[str]) -> Dict[str, Any]:
             "jpeg_quality": 96, "jpeg_exact": True, "subsampling": "4:2:0"}
 
 
-def audit_subset(sub: Subset, workers: int = 0, protocol: Optional[str] = None) -> Dict[str, Any]:
+def audit_subset(sub: Subset, workers: int = 0, protocol: Optional[str] = None,
+                 metadata: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     recs = read_headers([p for p, _ in sub.items], workers, desc=sub.name)
+    if metadata:  # a per-image metadata CSV: its width, height and JPEG quality over what the headers say
+        for r, (p, _) in zip(recs, sub.items):
+            m = metadata.get(os.path.abspath(p))
+            if m and "error" not in r:
+                r.update({k: v for k, v in m.items() if v is not None})
     labels = [y for _, y in sub.items]
     recs = [as_protocol(r, protocol) if y == 1 else r for r, y in zip(recs, labels)]
     real = [r for r, y in zip(recs, labels) if y == 0]
@@ -250,7 +257,8 @@ def audit_subset(sub: Subset, workers: int = 0, protocol: Optional[str] = None) 
             "shortcut": bool(ap is not None and ap >= SHORTCUT_AP)}
 
 
-def audit(subsets: Sequence[Subset], workers: int = 0, protocol: Optional[str] = None) -> Dict[str, Any]:
+def audit(subsets: Sequence[Subset], workers: int = 0, protocol: Optional[str] = None,
+          metadata: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Per subset: header statistics of each class, the metadata-only AP and the shortcut flag; with a
     protocol (jpeg96), the fakes as the protocol re-encodes them (what the detector is then shown)."""
     out: Dict[str, Any] = {"subsets": {}, "shortcut_ap": SHORTCUT_AP, "protocol": protocol}
@@ -258,7 +266,7 @@ def audit(subsets: Sequence[Subset], workers: int = 0, protocol: Optional[str] =
         if sub.status != "ok":
             out["subsets"][sub.name] = {"status": sub.status, "metadata_ap": None, "shortcut": False}
             continue
-        out["subsets"][sub.name] = audit_subset(sub, workers, protocol)
+        out["subsets"][sub.name] = audit_subset(sub, workers, protocol, metadata)
     out["flagged"] = [k for k, v in out["subsets"].items() if v["shortcut"]]
     return out
 
@@ -309,6 +317,96 @@ def format_audit(result: Dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
+
+# The size-constrained protocol ("Fake or JPEG?", UnbiasedGenImage): score only the images whose size both
+# classes share, so that image size cannot separate real from fake. Per subset, the range of widths and
+# of heights of the real images and of the fake images are taken; an image is kept when its width lies in
+# both classes' width ranges and its height in both height ranges (a subset whose classes share no size
+# keeps nothing and says so). Sizes come from the per-image metadata CSV when one is given
+# (UnbiasedGenImage's: a path, width and height per image, and a JPEG quality the audit reads too), else
+# from each file's header.
+PATH_COLUMNS = ("path", "file_path", "filepath", "file", "filename", "image", "image_path")
+QUALITY_COLUMNS = ("jpeg_quality", "quality", "jpeg_q", "q")
+
+
+def _column(header: List[str], names, what: str, path: str, required: bool = True) -> Optional[str]:
+    low = {h.strip().lower(): h for h in header}
+    for n in names:
+        if n in low:
+            return low[n]
+    if required:
+        raise InputError(f"{path}: no {what} column (looked for {', '.join(names)}; its header: {', '.join(header)})")
+    return None
+
+
+def read_metadata(path: str, root: Optional[str] = None) -> Dict[str, Dict[str, Optional[int]]]:
+    """{absolute image path: {"width", "height", "jpeg_quality"}} from a per-image metadata CSV; relative
+    paths join `root` (default: the CSV's folder). A row with a non-integer size names its line."""
+    if not os.path.isfile(path):
+        raise MissingInput(f"--metadata: {path!r} is not a file")
+    base = root or os.path.dirname(os.path.abspath(path))
+    out: Dict[str, Dict[str, Optional[int]]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        pc = _column(header, PATH_COLUMNS, "path", path)
+        wc = _column(header, ("width", "w"), "width", path)
+        hc = _column(header, ("height", "h"), "height", path)
+        qc = _column(header, QUALITY_COLUMNS, "JPEG quality", path, required=False)
+        for n, row in enumerate(reader, 2):
+            p = (row.get(pc) or "").strip()
+            try:
+                w, h = int(float(row[wc])), int(float(row[hc]))
+                q = row.get(qc) if qc else None
+                q = int(float(q)) if q not in (None, "", "None", "nan") else None
+            except (TypeError, ValueError):
+                raise InputError(f"{path}:{n}: width {row.get(wc)!r}, height {row.get(hc)!r} or quality is not a "
+                                 "number") from None
+            out[os.path.abspath(p if os.path.isabs(p) else os.path.join(base, p))] = {
+                "width": w, "height": h, "jpeg_quality": q}
+    return out
+
+
+def sizes_of(items, metadata: Optional[Dict[str, Dict]] = None) -> List[Optional[Tuple[int, int]]]:
+    """(width, height) of each (path, label) item: from the metadata when it lists the file, else from
+    the header; None for a file whose size cannot be read."""
+    out = []
+    for p, _ in items:
+        m = (metadata or {}).get(os.path.abspath(p))
+        if m is None:
+            h = read_header(p)
+            out.append((h["width"], h["height"]) if "width" in h else None)
+        else:
+            out.append((m["width"], m["height"]))
+    return out
+
+
+def size_constrain(subsets, metadata: Optional[Dict[str, Dict]] = None):
+    """Each subset reduced to the images whose width and height lie in the ranges both classes share;
+    the subset's note says how many were kept and the shared ranges."""
+    out = []
+    for s in subsets:
+        if s.status != "ok":
+            out.append(s)
+            continue
+        sz = sizes_of(s.items, metadata)
+        by = {y: [v for v, (_, yy) in zip(sz, s.items) if yy == y and v is not None] for y in (0, 1)}
+        if not by[0] or not by[1]:
+            out.append(Subset(s.name, s.items, s.status, (s.note + "; " if s.note else "") +
+                              "size-constrained: one class has no readable size, nothing removed"))
+            continue
+        lo_w = max(min(w for w, _ in by[0]), min(w for w, _ in by[1]))
+        hi_w = min(max(w for w, _ in by[0]), max(w for w, _ in by[1]))
+        lo_h = max(min(h for _, h in by[0]), min(h for _, h in by[1]))
+        hi_h = min(max(h for _, h in by[0]), max(h for _, h in by[1]))
+        keep = [it for it, v in zip(s.items, sz) if v is not None and lo_w <= v[0] <= hi_w and lo_h <= v[1] <= hi_h]
+        shared = lo_w <= hi_w and lo_h <= hi_h
+        note = (f"size-constrained: kept {len(keep)} of {len(s.items)} (width {lo_w}-{hi_w}, height {lo_h}-{hi_h})"
+                if shared else "size-constrained: the classes share no size, nothing kept")
+        out.append(Subset(s.name, keep, "ok" if keep else "empty", (s.note + "; " if s.note else "") + note))
+    return out
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", required=True, choices=BENCHES)
@@ -319,14 +417,23 @@ def get_args_parser():
     p.add_argument("--subsets", nargs="*", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=2, help="header-reading processes (0: in this process)")
-    p.add_argument("--protocol", default=None, choices=["jpeg96"],
-                   help="audit the fakes as evaluate.py --protocol shows them (jpeg96: re-encoded as JPEG q96)")
+    p.add_argument("--protocol", default=None, choices=["jpeg96", "size-constrained"],
+                   help="audit the set as evaluate.py --protocol shows it (jpeg96: the fakes re-encoded as JPEG "
+                        "q96; size-constrained: only the sizes both classes share)")
+    p.add_argument("--metadata", default=None,
+                   help="a per-image metadata CSV (path, width, height, JPEG quality; UnbiasedGenImage's): its "
+                        "values over the headers'")
     return p
 
 
 def run(args) -> Dict[str, Any]:
     subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, **bench_kwargs(args))
-    result = audit(subsets, args.workers, getattr(args, "protocol", None))
+    metadata = None
+    if getattr(args, "metadata", None):
+        metadata = read_metadata(args.metadata)
+    if getattr(args, "protocol", None) == "size-constrained":
+        subsets = size_constrain(subsets, metadata)
+    result = audit(subsets, args.workers, getattr(args, "protocol", None), metadata)
     result.update({"bench": args.bench, "root": args.root, "split": args.split})
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "audit.json"), json.dumps(result, indent=2))

@@ -10,6 +10,8 @@
                  dalle; a <name> with 1_fake alone takes its reals from imagenet/ (guided) or laion/
     synthbuster  <generator>/*.png fakes; the real photos (RAISE) in a separate folder, --real-root
     chameleon    [test/]{0_real,1_fake}
+    cospy        Co-Spy-Bench: [synthetic/]<caption set>/<org@model>/ fakes; the caption set's own real
+                 images under --real-root/<caption set>/ (default <root>/real)
     parquet      --root FILE.parquet | FOLDER | 'GLOB': image bytes in a column, read one row group at a time
                  (fitgap.parquet); --image-column, --label-column, --subset-column
     openfake     OpenFake's parquet files: image, label real/fake, subsets by model
@@ -42,7 +44,7 @@ SYNTHBUSTER = ["dalle2", "dalle3", "firefly", "glide", "midjourney-v5", "stable-
                "stable-diffusion-1-4", "stable-diffusion-2", "stable-diffusion-xl"]
 WILDRF = ["reddit", "twitter", "facebook"]
 BENCHES = ("forensynths", "selfsynth", "genimage", "folder", "mini", "wildrf", "ufd", "synthbuster", "chameleon",
-           "csv", "parquet", "openfake", "commfor")
+           "csv", "parquet", "openfake", "commfor", "cospy")
 PARQUET_BENCHES = ("parquet", "openfake", "commfor")
 
 
@@ -209,6 +211,29 @@ def synthbuster(root: str, real_root: Optional[str]) -> List[Subset]:
         if holds_reals and not fakes and name not in SYNTHBUSTER:
             continue  # the folder that holds --real-root (sb/RAISE/PNG below sb/): not a generator
         out.append(_finish(name, reals + fakes if fakes else [], True))
+    return out
+
+
+def cospy(root: str, real_root: Optional[str]) -> List[Subset]:
+    """Co-Spy-Bench: fakes under [synthetic/]<caption set>/<org@model>/, one subset per caption set and
+    model (`<caption set>/<org@model>`); the reals of a caption set are its own images, under
+    <real root>/<caption set>/ (--real-root; default <root>/real when it exists). A caption set without
+    reals is named in its subsets' notes and they report AP as undefined."""
+    syn = os.path.join(root, "synthetic") if os.path.isdir(os.path.join(root, "synthetic")) else root
+    if real_root is None and os.path.isdir(os.path.join(root, "real")):
+        real_root = os.path.join(root, "real")
+    out = []
+    for cap in sorted(d for d in os.listdir(syn) if os.path.isdir(os.path.join(syn, d)) and
+                      os.path.join(syn, d) != real_root):
+        cap_dir = os.path.join(syn, cap)
+        reals = _images(os.path.join(real_root, cap)) if real_root and os.path.isdir(os.path.join(real_root, cap)) else []
+        for model in sorted(d for d in os.listdir(cap_dir) if os.path.isdir(os.path.join(cap_dir, d))):
+            fakes = _images(os.path.join(cap_dir, model))
+            note = "" if reals else f"no reals for caption set {cap!r} (expected under --real-root/{cap})"
+            out.append(Subset(f"{cap}/{model}", [(p, 0) for p in reals] + [(p, 1) for p in fakes],
+                              "ok" if fakes else "empty", note))
+    if not out:
+        raise MissingInput(f"--root: no <caption set>/<org@model>/ folders under {syn!r} (bench cospy)")
     return out
 
 
@@ -383,7 +408,8 @@ def parquet_benchmark(root: str, preset: str = "parquet", image_column: Optional
 
 def add_bench_args(p) -> None:
     """The listing options every benchmark-reading command shares beside --bench/--root/--split/--subsets."""
-    p.add_argument("--real-root", default=None, help="synthbuster: the folder of real photos (RAISE)")
+    p.add_argument("--real-root", default=None,
+                   help="synthbuster: the folder of real photos (RAISE); cospy: the folder of <caption set>/ reals")
     p.add_argument("--columns", default=None,
                    help="bench csv: which header columns to read, e.g. path=filename,label=label,subset=source_id "
                         "(default: the columns path,label[,subset] in that order)")
@@ -447,7 +473,7 @@ def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] =
         readers = {"forensynths": forensynths, "selfsynth": selfsynth, "folder": folder, "ufd": ufd,
                    "chameleon": chameleon, "genimage": lambda r: genimage(r, split or "val"),
                    "wildrf": lambda r: wildrf(r, split or "test"),
-                   "synthbuster": lambda r: synthbuster(r, real_root)}
+                   "synthbuster": lambda r: synthbuster(r, real_root), "cospy": lambda r: cospy(r, real_root)}
         found = readers[name](root)
     if subsets:
         by = {s.name: s for s in found}

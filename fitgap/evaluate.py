@@ -356,6 +356,8 @@ def load_threshold(src: str) -> Tuple[float, str]:
 def protocol_text(name: Optional[str]) -> str:
     if name in PROTOCOLS:
         return f"{name} ({PROTOCOLS[name][0]})"
+    if name == "size-constrained":
+        return "size-constrained (only the widths and heights both classes share; kept counts in the notes)"
     return name or "as distributed"
 
 
@@ -433,13 +435,25 @@ def run(args) -> Dict[str, Any]:
     # rank 0 lists, every rank scores its share of that one listing (scores are matched by index)
     subsets = D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
                                  **bench_kwargs(args))
+    metadata = None
+    if getattr(args, "metadata", None):
+        from .audit import read_metadata
+
+        metadata = read_metadata(args.metadata)
+    if args.protocol == "size-constrained":
+        from .audit import size_constrain
+
+        subsets = size_constrain(subsets, metadata)
     if calibration is not None:
         check_calibration_set(calibration, subsets)
     crop = crop_size(args.size, cfg)
     n = cfg["normalize"]
     result = evaluate_subsets(model, subsets, crop, args.crop, n["mean"], n["std"], perturb, info.device,
                               args.batch, args.workers, info, amp=args.amp, threshold=threshold,
-                              max_crops=args.max_crops, calibration=calibration, protocol=args.protocol)
+                              max_crops=args.max_crops, calibration=calibration,
+                              protocol=args.protocol if args.protocol in PROTOCOLS else None)
+    if args.protocol == "size-constrained":
+        result["protocol"] = "size-constrained"
     if args.tier:
         result["tier"] = f"{args.tier} ({TIERS[args.tier][0]})"
     result.update({"checkpoint": os.path.abspath(args.ckpt), "bench": args.bench, "root": args.root,
@@ -453,7 +467,7 @@ def run(args) -> Dict[str, Any]:
         if args.audit:
             from .audit import audit
 
-            checks = audit(subsets, workers=0, protocol=args.protocol)["subsets"]
+            checks = audit(subsets, workers=0, protocol=args.protocol, metadata=metadata)["subsets"]
             for r in result["rows"]:
                 c = checks.get(r["subset"], {})
                 r["metadata_ap"], r["shortcut"] = c.get("metadata_ap"), c.get("shortcut", False)
@@ -501,9 +515,14 @@ def get_args_parser():
                    help="on: PIL's antialiased filters (default); off: OpenCV/torch convention without "
                         "antialiasing (bilinear and bicubic only)")
     p.add_argument("--webp", type=int, default=None, help="re-encode as WebP with this quality")
-    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS) + ["size-constrained"],
                    help="jpeg96: every FAKE image re-encoded as JPEG q96, the reals as they are (Dual Data "
-                        "Alignment's debiased evaluation; default: the set as distributed)")
+                        "Alignment's debiased evaluation); size-constrained: only the images whose width and "
+                        "height both classes' ranges share (\"Fake or JPEG?\"; sizes from --metadata or the headers); "
+                        "default: the set as distributed")
+    p.add_argument("--metadata", default=None,
+                   help="a per-image metadata CSV (UnbiasedGenImage's: path, width, height, JPEG quality): sizes for "
+                        "--protocol size-constrained and the audit's header facts, instead of reading the files")
     p.add_argument("--tier", default=None, choices=sorted(TIERS),
                    help="a robustness tier applied to both classes: web (long side <= 768 px, JPEG q60) or hard "
                         "(<= 512 px, JPEG q40); not with the single perturbation flags")

@@ -9,7 +9,8 @@ Stages, in order (each under torchrun with --gpus > 1):
   table1           fine-tune on ForenSynths ProGAN car, cat, chair, horse (<data>/CNNDetection/train/progan);
                    evaluate on Self-Synthesis (<data>/selfsynth)
   table2           fine-tune on GenImage SDv1.4 (<data>/GenImage, train split); evaluate on its 8 subsets
-                   (val split), as distributed and under --protocol jpeg96 (fakes re-encoded at q96)
+                   (val split), as distributed, under --protocol jpeg96 (fakes re-encoded at q96) and, with
+                   --metadata, under --protocol size-constrained
   table3 scratch   the same fine-tuning of the same Xception without pre-training
   table3 fc        the linear layer alone on the frozen pre-trained encoder
   table3 4-/8-shot 4 / 8 images per class of every GenImage generator (train split) on the pre-trained encoder
@@ -59,7 +60,7 @@ def data_paths(data: str) -> Dict[str, str]:
             "selfsynth": os.path.join(data, "selfsynth"), "genimage": os.path.join(data, "GenImage")}
 
 
-def plan(data: str, out: str = os.path.join("runs", "paper")) -> List[Stage]:
+def plan(data: str, out: str = os.path.join("runs", "paper"), metadata: Optional[str] = None) -> List[Stage]:
     from .benchmarks import GENIMAGE, SELFSYNTH
     from .demo import scratch_overrides
 
@@ -76,7 +77,7 @@ def plan(data: str, out: str = os.path.join("runs", "paper")) -> List[Stage]:
                      ["--config", config, f"name={prefix}/{name}", f"out_dir={runs_dir}", *extra], bench=bench)
 
     def evaluate(name, run, bench, table, method, *extra):
-        tag = "_".join(x.lstrip("-") for x in extra) or "as_distributed"
+        tag = "_".join(x.lstrip("-") for x in extra if x != metadata) or "as_distributed"
         res = os.path.join(out, run, f"eval_{bench['bench']}_{tag}")
         args = ["--ckpt", os.path.join(out, run, "best.pt"), "--bench", bench["bench"], "--root", bench["root"],
                 "--out", res, *(["--split", bench["split"]] if bench.get("split") else []), *extra]
@@ -95,6 +96,8 @@ def plan(data: str, out: str = os.path.join("runs", "paper")) -> List[Stage]:
         finetune("table2", t2, gen_train, f"init={pre}", f"data.root={d['genimage']}"),
         evaluate("table2_eval", "table2", gen_val, "table2_genimage", "Ours"),
         evaluate("table2_eval_jpeg96", "table2", gen_val, "table2_genimage", "Ours", "--protocol", "jpeg96"),
+        *([evaluate("table2_eval_size_constrained", "table2", gen_val, "table2_genimage", "Ours", "--protocol",
+                    "size-constrained", "--metadata", metadata)] if metadata else []),
         finetune("table3_scratch", t2, gen_train, "init=null", f"data.root={d['genimage']}",
                  *scratch_overrides("configs/pretrain.yaml")),
         evaluate("table3_scratch_eval", "table3_scratch", gen_val, "table3_ablation_study", "Xception"),
@@ -190,8 +193,9 @@ def report(stages: List[Stage], out: str, paper: Dict[tuple, float]) -> str:
     for s in stages:
         if s.kind != "evaluate":
             continue
-        proto = " (protocol jpeg96: fakes re-encoded as JPEG q96; the paper's number is for the set as distributed)" \
-            if "jpeg96" in s.args else ""
+        proto = (" (protocol jpeg96: fakes re-encoded as JPEG q96; the paper's number is for the set as distributed)"
+                 if "jpeg96" in s.args else " (protocol size-constrained: only the sizes both classes share; the "
+                 "paper's number is for the set as distributed)" if "size-constrained" in s.args else "")
         lines += [f"## {s.name}: {s.table}, {s.method}{proto}", ""]
         if not os.path.isfile(s.done):
             lines += [f"not run yet ({s.done} is missing)", ""]
@@ -227,6 +231,9 @@ def get_args_parser():
     p.add_argument("--out", default=os.path.join("runs", "paper"), help="run folder of every stage (default runs/paper)")
     p.add_argument("--dry-run", action="store_true",
                    help="build every config, list every subset each stage reads, print the plan; train nothing")
+    p.add_argument("--metadata", default=None,
+                   help="GenImage's per-image metadata CSV (UnbiasedGenImage's): adds Table 2 under "
+                        "--protocol size-constrained")
     p.add_argument("--only", nargs="*", default=None, help="run only the stages with these names (default all)")
     p.add_argument("--make-placeholders", default=None, metavar="DIR",
                    help="create the tree the stages read as empty folders under DIR and exit")
@@ -249,7 +256,7 @@ def run(args) -> int:
         raise InputError("--data: the folder holding imagenet/, CNNDetection/, selfsynth/ and GenImage/")
     if args.gpus < 1:
         raise InputError(f"--gpus: must be >= 1, got {args.gpus}")
-    stages = plan(args.data, args.out)
+    stages = plan(args.data, args.out, args.metadata)
     if args.only:
         unknown = [n for n in args.only if n not in {s.name for s in stages}]
         if unknown:
@@ -257,7 +264,7 @@ def run(args) -> int:
         stages = [s for s in stages if s.name in args.only]
     paper = paper_numbers()
     if args.report_only:
-        print(report(plan(args.data, args.out), args.out, paper))
+        print(report(plan(args.data, args.out, args.metadata), args.out, paper))
         return 0
     if args.dry_run:
         for line in check_configs(stages, args.gpus):
@@ -280,7 +287,7 @@ def run(args) -> int:
         r = subprocess.run(command(s, args.gpus), cwd=HERE)
         if r.returncode:
             raise MissingInput(f"stage {s.name} failed (exit {r.returncode}); fix it and re-run: finished stages are kept")
-    print(report(plan(args.data, args.out), args.out, paper), flush=True)
+    print(report(plan(args.data, args.out, args.metadata), args.out, paper), flush=True)
     return 0
 
 

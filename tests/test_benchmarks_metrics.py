@@ -353,3 +353,29 @@ def test_csv_with_named_columns_reads_b_free_and_imaginet_layouts(tmp_path):
         load_benchmark("folder", str(imgs), columns="path=path,label=origin")
     with pytest.raises(IE, match="given as both"):
         load_benchmark("csv", str(ann), columns="path=path,label=origin", real_values=["x"], fake_values=["X"])
+
+
+def test_cospy_bench_pairs_each_caption_sets_fakes_with_its_own_reals(tmp_path):
+    def img(p):
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p)
+
+    root = tmp_path / "cospy"
+    for cap in ("mscoco", "flickr"):
+        for model in ("stabilityai@sdxl", "black-forest-labs@flux"):
+            for i in range(2):
+                img(str(root / "synthetic" / cap / model / f"{i}.png"))
+    for i in range(3):
+        img(str(root / "real" / "mscoco" / f"{i}.jpg"))
+    subs = {s.name: s for s in load_benchmark("cospy", str(root))}
+    assert sorted(subs) == ["flickr/black-forest-labs@flux", "flickr/stabilityai@sdxl",
+                            "mscoco/black-forest-labs@flux", "mscoco/stabilityai@sdxl"]
+    assert subs["mscoco/stabilityai@sdxl"].counts == {"real": 3, "fake": 2}
+    assert all("mscoco" in p for p, y in subs["mscoco/stabilityai@sdxl"].items if y == 0)
+    assert subs["flickr/stabilityai@sdxl"].counts == {"real": 0, "fake": 2}
+    assert "no reals for caption set 'flickr'" in subs["flickr/stabilityai@sdxl"].note
+    other = tmp_path / "reals"
+    for i in range(2):
+        img(str(other / "flickr" / f"{i}.jpg"))
+    subs = {s.name: s for s in load_benchmark("cospy", str(root), real_root=str(other))}
+    assert subs["flickr/stabilityai@sdxl"].counts == {"real": 2, "fake": 2}

@@ -222,6 +222,10 @@ def test_evaluate_names_its_protocol_and_tier_and_refuses_mixing_a_tier(tree, pr
     assert "protocol: jpeg96 (fakes re-encoded as JPEG q96" in (out / "results.md").read_text()
     plain = run(base)
     assert "protocol: as distributed" in plain.stdout
+    run(base + ["--protocol", "size-constrained"])
+    res = json.loads((tmp_path / "pr" / "eval_folder_default_center_protocol-size-constrained" / "results.json")
+                     .read_text())
+    assert res["protocol"] == "size-constrained" and all("size-constrained: kept" in r["notes"] for r in res["rows"])
     r = run(base + ["--tier", "web"])
     res = json.loads((tmp_path / "pr" / "eval_folder_default_center_maxside768+jpeg60" / "results.json").read_text())
     assert res["tier"].startswith("web") and res["perturbation"] == "maxside768+jpeg60" and "tier web" in r.stdout

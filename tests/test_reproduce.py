@@ -28,6 +28,11 @@ def test_dry_run_on_placeholders_builds_every_config_and_lists_every_subset(tmp_
     assert out.count("--nproc_per_node=8") == 14 and "--protocol jpeg96" in out and "mode=fewshot fewshot.k=8" in out
     for name in ("AttGAN", "STGAN", "car", "horse", "stable_diffusion_v_1_4", "wukong", "Midjourney"):
         assert f"    {name}: empty (0 real, 0 fake)" in out, name
+    meta = tmp_path / "genimage_meta.csv"
+    meta.write_text("path,width,height,jpeg_quality\n")
+    stages = R.plan(str(tree), str(tmp_path / "runs" / "paper"), str(meta))
+    sc = next(s for s in stages if s.name == "table2_eval_size_constrained")
+    assert "--protocol" in sc.args and str(meta) in sc.args and sc.done.endswith("protocol_size-constrained_metadata/results.json")
     os.rename(tree / "selfsynth" / "BEGAN", tree / "selfsynth" / "BEGAN_moved")
     r = subprocess.run([sys.executable, "-m", "fitgap.reproduce", "--data", str(tree), "--dry-run", "--out",
                         str(tmp_path / "runs" / "paper")], cwd=ROOT, capture_output=True, text=True, timeout=300)
