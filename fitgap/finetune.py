@@ -152,9 +152,12 @@ def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap, rng_ranks):
                        step=step, best_ap=best_ap)
 
 
-def param_groups(model: Detector, encoder_lr_scale: float) -> List[Dict[str, Any]]:
+def param_groups(model: Detector, encoder_lr_scale: float, separate: bool = True) -> List[Dict[str, Any]]:
     """The head at the base learning rate, the encoder at `encoder_lr_scale` times it (trainable
-    parameters only)."""
+    parameters only). separate=False (encoder at the head's rate, no head-only epochs): one group of
+    every trainable parameter, as runs started before the groups existed have, so they resume."""
+    if not separate:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0, "name": "all"}]
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     head = [p for p in model.classifier.parameters() if p.requires_grad]
     return [g for g in ({"params": head, "lr_scale": 1.0, "name": "head"},
@@ -217,7 +220,8 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     model_without_ddp = model
     if info.rank:  # the weights are alike on every rank; from here on each rank draws its own stream
         torch.manual_seed(cfg["seed"] + info.rank)
-    optimizer = torch.optim.Adam(param_groups(model_without_ddp, o["encoder_lr_scale"]), lr=o["lr"],
+    separate = o["encoder_lr_scale"] != 1.0 or t["linear_epochs"] > 0
+    optimizer = torch.optim.Adam(param_groups(model_without_ddp, o["encoder_lr_scale"], separate), lr=o["lr"],
                                  weight_decay=o["weight_decay"])
     scaler = torch.amp.GradScaler(info.device.type, enabled=t["amp"] == "fp16")
 

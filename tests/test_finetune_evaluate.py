@@ -245,6 +245,8 @@ def test_finetune_encoder_lr_scale_and_linear_epochs(tree, pretrained, tmp_path)
     groups = param_groups(det, 0.1)
     assert [g["name"] for g in groups] == ["head", "encoder"] and groups[1]["lr_scale"] == 0.1
     assert sum(len(g["params"]) for g in groups) == len(list(det.parameters()))
+    one = param_groups(det, 1.0, separate=False)  # the default: one group, as older runs have (they resume)
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(det.parameters()))
     opt = torch.optim.Adam(groups, lr=1.0)
     from fitgap.optim import set_lr
 
