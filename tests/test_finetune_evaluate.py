@@ -169,12 +169,17 @@ def test_evaluate_under_torchrun_counts_each_image_once(tree, pretrained, tmp_pa
         assert ra["ap"] == pytest.approx(rb["ap"]) and ra["acc"] == pytest.approx(rb["acc"])
 
 
-def test_perturbations_are_label_blind(tmp_path):
+def same_image_as_real_and_fake(folder):
+    """One image saved as a real and as a fake: (the image, [(path, 0), (path, 1)])."""
     img = smooth_noise(64, 64, 7)
     for label in ("0_real", "1_fake"):
-        os.makedirs(tmp_path / label)
-        Image.fromarray(img).save(tmp_path / label / "same.png")
-    items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
+        os.makedirs(folder / label)
+        Image.fromarray(img).save(folder / label / "same.png")
+    return img, [(str(folder / "0_real" / "same.png"), 0), (str(folder / "1_fake" / "same.png"), 1)]
+
+
+def test_perturbations_are_label_blind(tmp_path):
+    img, items = same_image_as_real_and_fake(tmp_path)
     plain = EvalDataset(items, 32, "center")
     for p in (Perturbation(jpeg=50), Perturbation(blur=1.5), Perturbation(resize=0.75),
               Perturbation(jpeg=70, blur=0.5, resize=1.25), Perturbation(webp=75), Perturbation(reencode="jpeg:90"),
@@ -191,11 +196,7 @@ def test_perturbations_are_label_blind(tmp_path):
 def test_the_jpeg96_protocol_reencodes_the_fakes_alone_and_tiers_cap_then_compress(tmp_path):
     from fitgap.evaldata import PROTOCOLS, TIERS, encode_decode
 
-    img = smooth_noise(64, 64, 7)
-    for label in ("0_real", "1_fake"):
-        os.makedirs(tmp_path / label)
-        Image.fromarray(img).save(tmp_path / label / "same.png")
-    items = [(str(tmp_path / "0_real" / "same.png"), 0), (str(tmp_path / "1_fake" / "same.png"), 1)]
+    img, items = same_image_as_real_and_fake(tmp_path)
     plain = EvalDataset(items, 64, "center")
     ds = EvalDataset(items, 64, "center", fake_perturb=PROTOCOLS["jpeg96"][1])
     assert torch.equal(ds[0][0], plain[0][0])  # the real as it is
@@ -266,10 +267,11 @@ def test_finetune_encoder_lr_scale_and_linear_epochs(tree, pretrained, tmp_path)
                       "train.max_steps=1"))  # stops inside the linear epoch: the encoder is untouched
     one = torch.load(tmp_path / "lp1" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(v, before[k]) for k, v in one.items() if k.startswith("encoder."))
-    cfg = C.load_config("configs/demo_finetune.yaml", ["train.linear_epochs=4", "train.epochs=4"], DEFAULTS)
+    cfg = C.load_config("configs/demo_finetune.yaml", ["init=null", "train.linear_epochs=4", "train.epochs=4"],
+                        DEFAULTS)
     with pytest.raises(C.ConfigError, match="train.linear_epochs"):
         check(cfg, 1)
-    cfg = C.load_config("configs/demo_finetune.yaml", ["optim.encoder_lr_scale=0.0"], DEFAULTS)
+    cfg = C.load_config("configs/demo_finetune.yaml", ["init=null", "optim.encoder_lr_scale=0.0"], DEFAULTS)
     with pytest.raises(C.ConfigError, match="encoder_lr_scale"):
         check(cfg, 1)
 
