@@ -399,10 +399,14 @@ def size_constrain(subsets, metadata: Optional[Dict[str, Dict]] = None):
         hi_w = min(max(w for w, _ in by[0]), max(w for w, _ in by[1]))
         lo_h = max(min(h for _, h in by[0]), min(h for _, h in by[1]))
         hi_h = min(max(h for _, h in by[0]), max(h for _, h in by[1]))
-        keep = [it for it, v in zip(s.items, sz) if v is not None and lo_w <= v[0] <= hi_w and lo_h <= v[1] <= hi_h]
+        # a file whose size cannot be read stays in, so that scoring counts it as unreadable
+        keep = [it for it, v in zip(s.items, sz) if v is None or (lo_w <= v[0] <= hi_w and lo_h <= v[1] <= hi_h)]
+        unread = sum(v is None for v in sz)
         shared = lo_w <= hi_w and lo_h <= hi_h
         note = (f"size-constrained: kept {len(keep)} of {len(s.items)} (width {lo_w}-{hi_w}, height {lo_h}-{hi_h})"
                 if shared else "size-constrained: the classes share no size, nothing kept")
+        if unread:
+            note += f"; {unread} without a readable size kept (they are counted as unreadable)"
         out.append(Subset(s.name, keep, "ok" if keep else "empty", (s.note + "; " if s.note else "") + note))
     return out
 

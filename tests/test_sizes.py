@@ -38,6 +38,10 @@ def test_only_the_shared_sizes_are_kept(tmp_path):
         w, h = Image.open(p).size
         assert 64 <= w <= 117 and 64 <= h <= 105
     assert kept.counts["fake"] == 8 and 0 < kept.counts["real"] < 12  # the 200-px fakes and small reals go
+    (tmp_path / "gen" / "1_fake" / "broken.png").write_bytes(b"\x89PNG not really")
+    with_broken = size_constrain(load_benchmark("folder", str(tmp_path)))[0]
+    assert any(p.endswith("broken.png") for p, _ in with_broken.items) and "1 without a readable size" in with_broken.note
+    os.remove(tmp_path / "gen" / "1_fake" / "broken.png")
     meta = tmp_path / "meta.csv"
     lines = ["file_path,generator,width,height,quality"]
     for p, y in subs[0].items:  # the metadata says every image is 64x64: all kept, no header read needed
