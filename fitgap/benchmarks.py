@@ -317,14 +317,11 @@ def csv_columns(path: str, columns: Dict[str, str], image_root: Optional[str] = 
 
     if not os.path.isfile(path):
         raise MissingInput(f"--root: {path!r} is not a CSV file (bench csv)")
-    words = {**CSV_LABELS, **{v.strip().lower(): 0 for v in real_values}, **{v.strip().lower(): 1 for v in fake_values}}
-    clash = {v.strip().lower() for v in real_values} & {v.strip().lower() for v in fake_values}
-    if clash:
-        raise InputError(f"--real-values / --fake-values: {', '.join(sorted(clash))} given as both")
+    words = label_words(real_values, fake_values)
     base = image_root or os.path.dirname(os.path.abspath(path))
     if image_root and not os.path.isdir(image_root):
         raise MissingInput(f"--image-root: {image_root!r} is not a folder")
-    groups: Dict[str, List[Tuple[str, int]]] = {}
+    rows: List[Tuple[str, int, str]] = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -342,11 +339,20 @@ def csv_columns(path: str, columns: Dict[str, str], image_root: Optional[str] = 
                                  "fake (0/1, real/fake; map other words with --real-values / --fake-values)")
             sub = (row.get(columns["subset"]) or "").strip() if "subset" in columns else ""
             p = rel if os.path.isabs(rel) else os.path.join(base, rel)
-            groups.setdefault(sub, []).append((p, words[value.lower()]))
-    if not groups:
+            rows.append((p, words[value.lower()], sub))
+    if not rows:
         raise InputError(f"{path}: no rows")
-    return group_labelled_rows([(p, y, sub) for sub, items in groups.items() for p, y in items],
-                               columns.get("subset", "subset"))
+    return group_labelled_rows(rows, columns.get("subset", "subset"))
+
+
+def label_words(real_values: Sequence[str] = (), fake_values: Sequence[str] = ()) -> Dict[str, int]:
+    """Label word (lower case) -> 0 real / 1 fake: 0/1 and real/fake, plus the given words; a word given
+    as both is refused."""
+    real = {v.strip().lower() for v in real_values}
+    fake = {v.strip().lower() for v in fake_values}
+    if real & fake:
+        raise InputError(f"--real-values / --fake-values: {', '.join(sorted(real & fake))} given as both")
+    return {**CSV_LABELS, **{v: 0 for v in real}, **{v: 1 for v in fake}}
 
 
 def group_labelled_rows(rows: Sequence[Tuple[str, int, str]], subset_column: str) -> List[Subset]:
@@ -393,8 +399,7 @@ def parquet_benchmark(root: str, preset: str = "parquet", image_column: Optional
     rows = list_rows(root, cols["image"], cols["label"], cols["subset"])
     if not rows:
         raise InputError(f"{root}: no rows")
-    words = {**{k: v for k, v in CSV_LABELS.items()}, **{w.lower(): 0 for w in real_values},
-             **{w.lower(): 1 for w in fake_values}, "true": 1, "false": 0}
+    words = label_words(real_values, fake_values)
     labelled = []
     for ref, raw, sub in rows:
         key = str(raw).strip().lower() if not isinstance(raw, bool) else str(int(raw))
