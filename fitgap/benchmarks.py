@@ -10,6 +10,13 @@
                  dalle; a <name> with 1_fake alone takes its reals from imagenet/ (guided) or laion/
     synthbuster  <generator>/*.png fakes; the real photos (RAISE) in a separate folder, --real-root
     chameleon    [test/]{0_real,1_fake}
+    aigibench    AIGIBench: <split>/<generator>/{0_real,1_fake} for its 25 generators; --split test (default)
+                 or one of its perturbed copies, jpeg, noise, sample (the same generators below each)
+    holmes       AIGI-Holmes' test set: [TestSet/]<generator>/{0_real,1_fake} for its 10 generators
+    ditfake      SAFE's DiTFake: <generator>/ for FLUX.1-schnell, PixArt-Sigma-XL-2-1024-MS and
+                 stable-diffusion-3-medium-diffusers (the folders its generation script writes), each
+                 {0_real,1_fake} or fakes alone; fakes alone take the MSCOCO reals under --real-root
+                 (default <root>/real), shared by every generator
     cospy        Co-Spy-Bench: [synthetic/]<caption set>/<org@model>/ fakes; the caption set's own real
                  images under --real-root/<caption set>/ (default <root>/real)
     parquet      --root FILE.parquet | FOLDER | 'GLOB': image bytes in a column, read one row group at a time
@@ -43,8 +50,20 @@ UFD = ["guided", "ldm_200", "ldm_200_cfg", "ldm_100", "glide_100_27", "glide_50_
 SYNTHBUSTER = ["dalle2", "dalle3", "firefly", "glide", "midjourney-v5", "stable-diffusion-1-3",
                "stable-diffusion-1-4", "stable-diffusion-2", "stable-diffusion-xl"]
 WILDRF = ["reddit", "twitter", "facebook"]
+# AIGIBench's test generators as its test/ folder names them, in the order of its five groups: GAN
+# noise-to-image, GAN deepfakes (faces), diffusion text-to-image, diffusion personalised generation,
+# images from open platforms.
+AIGIBENCH = ["ProGAN", "R3GAN", "StyleGAN3", "StyleGAN-XL", "StyleSwim", "WFIR",
+             "BlendFace", "E4S", "FaceSwap", "InSwap", "SimSwap",
+             "DALLE-3", "FLUX1-dev", "GLIDE", "Imagen3", "Midjourney", "SD3", "SDXL",
+             "BLIP", "Infinite-ID", "InstantID", "IP-Adapter", "PhotoMaker",
+             "CommunityAI", "SocialRF"]
+AIGIBENCH_SPLITS = ("test", "jpeg", "noise", "sample")
+HOLMES = ["FLUX", "Infinity", "Janus", "Janus-Pro-1B", "Janus-Pro-7B", "LlamaGen", "PixArt-XL", "SD35-L",
+          "Show-o", "VAR"]
+DITFAKE = ["FLUX.1-schnell", "PixArt-Sigma-XL-2-1024-MS", "stable-diffusion-3-medium-diffusers"]
 BENCHES = ("forensynths", "selfsynth", "genimage", "folder", "mini", "wildrf", "ufd", "synthbuster", "chameleon",
-           "csv", "parquet", "openfake", "commfor", "cospy")
+           "csv", "parquet", "openfake", "commfor", "cospy", "aigibench", "holmes", "ditfake")
 PARQUET_BENCHES = ("parquet", "openfake", "commfor")
 
 
@@ -101,11 +120,65 @@ def forensynths(root: str, expected: Optional[List[str]] = None) -> List[Subset]
     return out
 
 
-def selfsynth(root: str) -> List[Subset]:
+def _named_pairs(root: str, expected: List[str]) -> List[Subset]:
+    """One subset per expected <name>/{0_real,1_fake} folder (missing or empty ones reported), then any
+    other folder of root, so a misspelt name shows as missing beside the folder that holds its images."""
     out = []
-    for gen in _ordered_names(root, SELFSYNTH):
-        folder = os.path.join(root, gen)
-        out.append(_finish(gen, _pair(folder), os.path.isdir(folder) and _has_pair(folder)))
+    for gen in _ordered_names(root, expected):
+        folder_ = os.path.join(root, gen)
+        out.append(_finish(gen, _pair(folder_), os.path.isdir(folder_) and _has_pair(folder_)))
+    return out
+
+
+def selfsynth(root: str) -> List[Subset]:
+    return _named_pairs(root, SELFSYNTH)
+
+
+def aigibench(root: str, split: str = "test") -> List[Subset]:
+    """AIGIBench: --root is the folder that holds test/ (and jpeg/, noise/, sample/, its perturbed
+    copies of the same generators), or test/ itself."""
+    if split not in AIGIBENCH_SPLITS:
+        raise InputError(f"--split: aigibench has {', '.join(AIGIBENCH_SPLITS)}, not {split!r}")
+    base = os.path.join(root, split)
+    if not os.path.isdir(base):
+        if split != "test" or not any(os.path.isdir(os.path.join(root, g)) for g in AIGIBENCH):
+            raise MissingInput(f"--root: no {split}/ folder under {root!r} (bench aigibench, --split {split})")
+        base = root
+    return _named_pairs(base, AIGIBENCH)
+
+
+def holmes(root: str) -> List[Subset]:
+    """AIGI-Holmes' test set: --root is TestSet/ or the folder that holds it."""
+    base = os.path.join(root, "TestSet")
+    return _named_pairs(base if os.path.isdir(base) else root, HOLMES)
+
+
+def ditfake(root: str, real_root: Optional[str]) -> List[Subset]:
+    """SAFE's DiTFake: a generator folder with 0_real/1_fake is read as it is; one holding only images is
+    all fakes, paired with the real photos of --real-root (MSCOCO; default <root>/real), shared by every
+    such generator. Without reals its note says so and its AP is undefined."""
+    if real_root is None and os.path.isdir(os.path.join(root, "real")):
+        real_root = os.path.join(root, "real")
+    if real_root is not None and not os.path.isdir(real_root):
+        raise MissingInput(f"--real-root: {real_root!r} is not a folder (bench ditfake)")
+    real_abs = os.path.abspath(real_root) if real_root else None
+    reals = [(p, 0) for p in _images(real_root)] if real_root else []
+    out = []
+    for name in _ordered_names(root, DITFAKE):
+        folder_ = os.path.join(root, name)
+        if real_abs and os.path.abspath(folder_) == real_abs:
+            continue
+        if not os.path.isdir(folder_):
+            out.append(Subset(name, [], "missing"))
+        elif _has_pair(folder_):
+            out.append(_finish(name, _pair(folder_), True))
+        else:
+            fakes = [(p, 1) for p in _images(folder_)]
+            sub = _finish(name, reals + fakes if fakes else [], True)
+            if fakes and not reals:
+                sub.note = ("no real images: the folder holds fakes alone and no --real-root (MSCOCO) was "
+                            "given" if not real_root else f"no real images under --real-root {real_root!r}")
+            out.append(sub)
     return out
 
 
@@ -414,7 +487,8 @@ def parquet_benchmark(root: str, preset: str = "parquet", image_column: Optional
 def add_bench_args(p) -> None:
     """The listing options every benchmark-reading command shares beside --bench/--root/--split/--subsets."""
     p.add_argument("--real-root", default=None,
-                   help="synthbuster: the folder of real photos (RAISE); cospy: the folder of <caption set>/ reals")
+                   help="synthbuster: the folder of real photos (RAISE); cospy: the folder of <caption set>/ reals; "
+                        "ditfake: the MSCOCO reals of generators that hold fakes alone")
     p.add_argument("--columns", default=None,
                    help="bench csv: which header columns to read, e.g. path=filename,label=label,subset=source_id "
                         "(default: the columns path,label[,subset] in that order)")
@@ -446,7 +520,7 @@ def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] =
                    subset_column: Optional[str] = None) -> List[Subset]:
     """Discover a benchmark's subsets; `subsets` keeps only those names (in that order). `split`
     (genimage: train/val, default val; mini: train/test, default test; wildrf: train/val/test, default
-    test) is ignored by the other layouts."""
+    test; aigibench: test/jpeg/noise/sample, default test) is ignored by the other layouts."""
     if name not in BENCHES:
         raise InputError(f"--bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
     parquet_columns = {"image": image_column, "label": label_column, "subset": subset_column}
@@ -478,7 +552,9 @@ def load_benchmark(name: str, root: Optional[str] = None, split: Optional[str] =
         readers = {"forensynths": forensynths, "selfsynth": selfsynth, "folder": folder, "ufd": ufd,
                    "chameleon": chameleon, "genimage": lambda r: genimage(r, split or "val"),
                    "wildrf": lambda r: wildrf(r, split or "test"),
-                   "synthbuster": lambda r: synthbuster(r, real_root), "cospy": lambda r: cospy(r, real_root)}
+                   "synthbuster": lambda r: synthbuster(r, real_root), "cospy": lambda r: cospy(r, real_root),
+                   "aigibench": lambda r: aigibench(r, split or "test"), "holmes": holmes,
+                   "ditfake": lambda r: ditfake(r, real_root)}
         found = readers[name](root)
     if subsets:
         by = {s.name: s for s in found}

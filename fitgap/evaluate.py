@@ -501,7 +501,8 @@ def get_args_parser():
     add_bench_args(p)
     p.add_argument("--split", default=None,
                    help="genimage: train or val (default val); mini: train or test (default test); "
-                        "wildrf: train, val or test (default test)")
+                        "wildrf: train, val or test (default test); aigibench: test (default) or its perturbed "
+                        "copies jpeg, noise, sample")
     p.add_argument("--subsets", nargs="*", default=None, help="only these subsets")
     p.add_argument("--crop", default="center", choices=["center", "tiles"],
                    help="one centre crop, or the mean logit over tiles covering the image")

@@ -379,3 +379,60 @@ def test_cospy_bench_pairs_each_caption_sets_fakes_with_its_own_reals(tmp_path):
         img(str(other / "flickr" / f"{i}.jpg"))
     subs = {s.name: s for s in load_benchmark("cospy", str(root), real_root=str(other))}
     assert subs["flickr/stabilityai@sdxl"].counts == {"real": 2, "fake": 2}
+
+
+def test_aigibench_reads_test_and_its_perturbed_copies_by_split(tmp_path):
+    from fitgap.benchmarks import AIGIBENCH
+    from fitgap.errors import InputError, MissingInput
+
+    for split, n_fake in (("test", 2), ("jpeg", 1)):
+        for gen in ("ProGAN", "SD3"):
+            touch_images(tmp_path / split / gen / "0_real", 2)
+            touch_images(tmp_path / split / gen / "1_fake", n_fake)
+    touch_images(tmp_path / "test" / "Midjourney-V6" / "1_fake", 1)  # misspelt: Midjourney expected
+    subs = load_benchmark("aigibench", str(tmp_path))
+    by = {s.name: s for s in subs}
+    assert [s.name for s in subs][:len(AIGIBENCH)] == AIGIBENCH and len(AIGIBENCH) == 25
+    assert by["ProGAN"].counts == {"real": 2, "fake": 2} and by["SD3"].status == "ok"
+    assert by["Midjourney"].status == "missing" and by["Midjourney-V6"].counts == {"real": 0, "fake": 1}
+    assert sum(s.status == "missing" for s in subs) == 23
+    jp = {s.name: s for s in load_benchmark("aigibench", str(tmp_path), split="jpeg")}
+    assert jp["SD3"].counts == {"real": 2, "fake": 1}
+    assert all(os.sep + "jpeg" + os.sep in p for p, _ in jp["SD3"].items)
+    # test/ itself as the root
+    assert {s.name: s for s in load_benchmark("aigibench", str(tmp_path / "test"))}["SD3"].counts["fake"] == 2
+    with pytest.raises(MissingInput, match="no noise/ folder"):
+        load_benchmark("aigibench", str(tmp_path), split="noise")
+    with pytest.raises(InputError, match="aigibench has test, jpeg, noise, sample"):
+        load_benchmark("aigibench", str(tmp_path), split="val")
+
+
+def test_holmes_reads_its_testset_folder(tmp_path):
+    from fitgap.benchmarks import HOLMES
+
+    for gen in ("FLUX", "VAR"):
+        touch_images(tmp_path / "TestSet" / gen / "0_real", 1)
+        touch_images(tmp_path / "TestSet" / gen / "1_fake", 2)
+    for root in (tmp_path, tmp_path / "TestSet"):
+        subs = load_benchmark("holmes", str(root))
+        assert [s.name for s in subs] == HOLMES
+        by = {s.name: s for s in subs}
+        assert by["VAR"].counts == {"real": 1, "fake": 2} and by["Janus-Pro-7B"].status == "missing"
+
+
+def test_ditfake_pairs_fakes_alone_with_the_shared_reals(tmp_path):
+    from fitgap.benchmarks import DITFAKE
+
+    touch_images(tmp_path / "FLUX.1-schnell", 3)  # fakes alone, as the generation script writes them
+    touch_images(tmp_path / "PixArt-Sigma-XL-2-1024-MS" / "0_real", 1)
+    touch_images(tmp_path / "PixArt-Sigma-XL-2-1024-MS" / "1_fake", 1)
+    subs = load_benchmark("ditfake", str(tmp_path))
+    by = {s.name: s for s in subs}
+    assert [s.name for s in subs] == DITFAKE
+    assert by["FLUX.1-schnell"].counts == {"real": 0, "fake": 3} and "no --real-root" in by["FLUX.1-schnell"].note
+    assert by["PixArt-Sigma-XL-2-1024-MS"].counts == {"real": 1, "fake": 1}
+    assert by["stable-diffusion-3-medium-diffusers"].status == "missing"
+    touch_images(tmp_path / "real", 4)  # the default real root is neither a subset nor a source of fakes
+    by = {s.name: s for s in load_benchmark("ditfake", str(tmp_path))}
+    assert "real" not in by and by["FLUX.1-schnell"].counts == {"real": 4, "fake": 3}
+    assert by["PixArt-Sigma-XL-2-1024-MS"].counts == {"real": 1, "fake": 1}
