@@ -17,21 +17,26 @@ class HighPass(nn.Module):
     removes the image content that the rescaling trace rides on, which speeds up learning at small
     scale. normalize=True divides each image's residual by its RMS over the image (all channels), so
     that how much fine detail a patch has (its residual energy) cannot be read, only how the residual
-    is arranged: the periodic pattern a rescaling leaves."""
+    is arranged: the periodic pattern a rescaling leaves. normalize="both" gives both, the residual and
+    its normalised copy (6 channels), so the energy and the arrangement are separate inputs."""
 
     EPS = 1e-4  # on the mean square: residuals of flat patches stay small instead of being blown up
 
-    def __init__(self, normalize: bool = False):
+    def __init__(self, normalize=False):
         super().__init__()
+        if normalize not in (False, True, "both"):
+            raise InputError(f"model.highpass_norm: false, true or both, got {normalize!r}")
         k = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]) / 4.0
         self.register_buffer("weight", k.expand(3, 1, 3, 3).clone(), persistent=False)
         self.normalize = normalize
+        self.out_chans = 6 if normalize == "both" else 3
 
     def forward(self, x):
         r = F.conv2d(x, self.weight.to(x.dtype), padding=1, groups=3)
-        if self.normalize:
-            r = r * torch.rsqrt(r.float().pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.EPS).to(r.dtype)
-        return r
+        if not self.normalize:
+            return r
+        n = r * torch.rsqrt(r.float().pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.EPS).to(r.dtype)
+        return torch.cat([r, n], 1) if self.normalize == "both" else n
 
 
 class PhaseStats(nn.Module):
@@ -109,8 +114,13 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
     if pretrained:
         raise InputError("model.pretrained: weights are never downloaded; set model.weights to a "
                          "local state_dict file instead")
+    if highpass_norm not in (False, True, "both"):
+        raise InputError(f"model.highpass_norm: false, true or both, got {highpass_norm!r}")
+    if highpass_norm and not highpass:
+        raise InputError("model.highpass_norm: normalises the Laplacian residual; it needs model.highpass: true")
     try:
-        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+        backbone = timm.create_model(name, pretrained=False, num_classes=0,
+                                     **({"in_chans": 6} if highpass_norm == "both" else {}))
     except RuntimeError as exc:
         raise InputError(f"model.backbone: unknown timm model {name!r} ({exc})") from None
     if weights:
@@ -173,7 +183,17 @@ def encoder_from_config(model_cfg, load_weights: bool = True) -> nn.Module:
     return build_encoder(model_cfg["backbone"], model_cfg.get("pretrained", False),
                          model_cfg.get("weights") if load_weights else None, model_cfg.get("stem_stride"),
                          model_cfg.get("highpass", False), model_cfg.get("stem_pool", True),
-                         model_cfg.get("pool_grid", 1), model_cfg.get("highpass_norm", False))
+                         model_cfg.get("pool_grid", 1), highpass_mode(model_cfg))
+
+
+def highpass_mode(model_cfg) -> object:
+    """HighPass's normalize argument from a model config: model.highpass_both feeds the residual and its
+    normalised copy; else model.highpass_norm (true: the normalised one alone)."""
+    if model_cfg.get("highpass_both", False):
+        if not model_cfg.get("highpass", False):
+            raise InputError("model.highpass_both: feeds the Laplacian residual twice; it needs model.highpass: true")
+        return "both"
+    return bool(model_cfg.get("highpass_norm", False))
 
 
 def min_side_for_backbone(name: str) -> int:

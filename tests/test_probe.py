@@ -236,3 +236,31 @@ def test_normalised_highpass_reads_the_arrangement_of_the_residual_not_its_energ
         assert not torch.allclose(enc(shuffled), enc(x), atol=1e-2)
     with pytest.raises(InputError, match="needs model.highpass"):
         encoder_from_config({"backbone": "resnet10t", "highpass": False, "highpass_norm": True})
+
+
+def test_highpass_norm_both_gives_the_residual_and_its_normalised_copy():
+    """model.highpass_norm: both -> 6 input channels, the raw residual (energy readable) and the
+    normalised one (arrangement alone); the backbone's stem takes them; other values refused."""
+    from fitgap.errors import InputError
+    from fitgap.models import HighPass
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    both, raw, norm = HighPass("both"), HighPass(False), HighPass(True)
+    out = both(x)
+    assert out.shape == (2, 6, 32, 32) and both.out_chans == 6
+    assert torch.equal(out[:, :3], raw(x)) and torch.allclose(out[:, 3:], norm(x))
+    assert torch.allclose(both(3.0 * x)[:, 3:], out[:, 3:], atol=1e-3)  # the normalised half ignores energy
+    assert not torch.allclose(both(3.0 * x)[:, :3], out[:, :3])  # the raw half reads it
+    for name, side in (("resnet10t", 32), ("fitgap_phase_stats12", 48)):
+        enc = build_encoder(name, highpass=True, highpass_norm="both").eval()
+        with torch.no_grad():
+            assert torch.isfinite(enc(torch.randn(2, 3, side, side))).all()
+    with pytest.raises(InputError, match="false, true or both"):
+        build_encoder("resnet10t", highpass=True, highpass_norm="yes")
+    from fitgap.models import encoder_from_config
+
+    enc = encoder_from_config({"backbone": "resnet10t", "highpass": True, "highpass_both": True})
+    assert enc.prefilter.out_chans == 6 and enc.backbone.conv1[0].in_channels == 6
+    with pytest.raises(InputError, match="needs model.highpass"):
+        encoder_from_config({"backbone": "resnet10t", "highpass": False, "highpass_both": True})
