@@ -411,6 +411,16 @@ def size_constrain(subsets, metadata: Optional[Dict[str, Dict]] = None):
     return out
 
 
+def protocol_listing(subsets, protocol: Optional[str] = None, metadata_path: Optional[str] = None):
+    """(the subsets an evaluation protocol scores, the metadata CSV read for them or None): with
+    size-constrained, each subset reduced to the sizes both classes share. The audit and evaluate.py
+    both start from it."""
+    metadata = read_metadata(metadata_path) if metadata_path else None
+    if protocol == "size-constrained":
+        subsets = size_constrain(subsets, metadata)
+    return subsets, metadata
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", required=True, choices=BENCHES)
@@ -431,12 +441,9 @@ def get_args_parser():
 
 
 def run(args) -> Dict[str, Any]:
-    subsets = load_benchmark(args.bench, args.root, args.split, args.subsets, **bench_kwargs(args))
-    metadata = None
-    if getattr(args, "metadata", None):
-        metadata = read_metadata(args.metadata)
-    if getattr(args, "protocol", None) == "size-constrained":
-        subsets = size_constrain(subsets, metadata)
+    subsets, metadata = protocol_listing(load_benchmark(args.bench, args.root, args.split, args.subsets,
+                                                        **bench_kwargs(args)),
+                                         getattr(args, "protocol", None), getattr(args, "metadata", None))
     result = audit(subsets, args.workers, getattr(args, "protocol", None), metadata)
     result.update({"bench": args.bench, "root": args.root, "split": args.split})
     os.makedirs(args.out, exist_ok=True)

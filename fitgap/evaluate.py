@@ -432,18 +432,20 @@ def run(args) -> Dict[str, Any]:
     check_out_dir(out, args.threshold_from)
     info = D.init(args.device)
     model, cfg = load_detector(args.ckpt, info.device)
-    # rank 0 lists, every rank scores its share of that one listing (scores are matched by index)
-    subsets = D.decided_by_rank0(load_benchmark, args.bench, args.root, args.split, args.subsets,
-                                 **bench_kwargs(args))
-    metadata = None
-    if getattr(args, "metadata", None):
-        from .audit import read_metadata
+    # rank 0 lists (and applies size-constrained, which reads every header), every rank scores its share
+    # of that one listing (scores are matched by index); the metadata stays on rank 0, where the audit runs
+    from .audit import protocol_listing
 
-        metadata = read_metadata(args.metadata)
-    if args.protocol == "size-constrained":
-        from .audit import size_constrain
+    kept: Dict[str, Any] = {}
 
-        subsets = size_constrain(subsets, metadata)
+    def listing():
+        subs, kept["metadata"] = protocol_listing(
+            load_benchmark(args.bench, args.root, args.split, args.subsets, **bench_kwargs(args)),
+            args.protocol, getattr(args, "metadata", None))
+        return subs
+
+    subsets = D.decided_by_rank0(listing)
+    metadata = kept.get("metadata")
     if calibration is not None:
         check_calibration_set(calibration, subsets)
     crop = crop_size(args.size, cfg)

@@ -114,11 +114,7 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
     if pretrained:
         raise InputError("model.pretrained: weights are never downloaded; set model.weights to a "
                          "local state_dict file instead")
-    if highpass_norm not in (False, True, "both"):
-        raise InputError(f"model.highpass_norm: false, true or both, got {highpass_norm!r}")
-    if highpass_norm and not highpass:
-        raise InputError("model.highpass_norm: normalises the Laplacian residual; it needs model.highpass: true")
-    try:
+    try:  # HighPass (in Encoder) checks highpass_norm; "both" gives the stem 6 channels
         backbone = timm.create_model(name, pretrained=False, num_classes=0,
                                      **({"in_chans": 6} if highpass_norm == "both" else {}))
     except RuntimeError as exc:
