@@ -55,7 +55,8 @@ DEFAULTS: Dict[str, Any] = {
               "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
               "ckpt_every": 1000, "keep_every": 0, "log_every": 10, "threads": None, "deterministic": True},
     # every: also probe every N steps during training (0: only at the end), logged with the elapsed time
-    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True, "every": 0},
+    "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True, "every": 0,
+              "reference": True},
 }
 
 
@@ -245,7 +246,7 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, scaler, schedul
             if info.is_main:  # the probe draws from its own seeded generators: training is unchanged
                 from .probe import format_probe, run_probe
 
-                report = run_probe(model_without_ddp.encoder, cfg, device, baseline=False)
+                report = run_probe(model_without_ddp.encoder, cfg, device, baseline=False, reference=False)
                 log.write({"step": state["step"], "elapsed_s": time.perf_counter() - state["t_start"],
                            "probe": report})
                 bar.write(f"step {state['step']}: " + format_probe(report))

@@ -7,6 +7,12 @@ photo is tested. Reported: ratio accuracy vs chance (overall and per ratio), and
 (y0 mod q, x0 mod q) accuracy vs chance: phase is content-free, ratio can lean on scale cues.
 Chance is the majority-class rate of the patches actually drawn (a ratio that gave no patch, because
 the photos are smaller than its window, is named and counts in no chance level).
+
+Beside the encoder, the same probe scores a hand-made trace statistic of the same patches (the
+reference: `trace_statistic`, no learning): how much of the ratio and the phase these patches carry
+at all, for this patch size, these photos and this many patches. An encoder at chance where the
+reference is well above chance has not learned what is there; where the reference is at chance too,
+the patches (or the probe's sample) do not carry it, and no encoder can be asked to show it.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import rescale_ext
 from rescale_ext.reference import dst_length, source_taps
@@ -104,28 +111,67 @@ def leave_one_photo_out(f: np.ndarray, y: np.ndarray, photo: np.ndarray) -> np.n
     return pred
 
 
+_LAPLACIAN = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def _energy_profiles(x: torch.Tensor):
+    """Row and column profiles [M, P-2] of each patch's Laplacian residual energy (grey, |residual|,
+    divided by its mean over the patch, so that the amount of detail does not count)."""
+    e = F.conv2d(x.float().mean(1, keepdim=True), _LAPLACIAN)[:, 0].abs()
+    e = e / (e.mean((1, 2), keepdim=True) + 1e-6)
+    return e.mean(2), e.mean(1)
+
+
+def trace_statistic(x: torch.Tensor, q: Optional[int] = None) -> np.ndarray:
+    """The probe's reference, a hand-made trace statistic of patches x [M, C, P, P] (no learning).
+    q=None: the log magnitude spectra of the row and column energy profiles (which periods the trace
+    has: the ratio). q: the log mean of each profile over every position class mod q (where in the
+    period the trace sits: the phase (y0 mod q, x0 mod q) of a ratio with denominator q)."""
+    rows, cols = _energy_profiles(x)
+    if q is None:
+        spec = [torch.log1p(torch.fft.rfft(v - v.mean(1, keepdim=True)).abs()) for v in (rows, cols)]
+        return torch.cat(spec, 1).numpy()
+    n = rows.shape[1]
+    classes = F.one_hot((torch.arange(n) + 1) % q, q).float()  # profile index i is patch pixel i + 1
+    classes = classes / classes.sum(0).clamp_min(1)
+    return torch.log(torch.cat([rows @ classes, cols @ classes], 1) + 1e-6).numpy()
+
+
+def _scores(f: np.ndarray, ri: np.ndarray, ph: np.ndarray, img: np.ndarray, names: List[str],
+            phase_features=None) -> Dict[str, Any]:
+    """Ratio accuracy (overall, per ratio) and per-ratio phase accuracy of features f, leave-one-photo-out.
+    phase_features(j) gives the features for ratio j's phase (default: f's rows of that ratio)."""
+    pred = leave_one_photo_out(f, ri, img)
+    out = {"ratio_acc": float((pred == ri).mean()), "per_ratio": {}, "phase": {}}
+    for j, name in enumerate(names):
+        m = ri == j
+        if not m.any():
+            continue  # named in "no_patch"; it counts in no chance level
+        out["per_ratio"][name] = float((pred[m] == j).mean())
+        g = f[m] if phase_features is None else phase_features(j)
+        acc = float((leave_one_photo_out(g, ph[m], img[m]) == ph[m]).mean())
+        out["phase"][name] = {"acc": acc, "chance": majority_rate(ph[m])}
+    return out
+
+
 def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_image: int = 8,
-                  window: int = 384, quantize: bool = True, mean=None, std=None, seed: int = 0
-                  ) -> Dict[str, Any]:
+                  window: int = 384, quantize: bool = True, mean=None, std=None, seed: int = 0,
+                  reference: bool = False) -> Dict[str, Any]:
+    """The probe's report for `encoder`; reference=True adds the same scores of `trace_statistic` on the
+    same patches as "reference"."""
     x, ri, ph, img, skipped = probe_patches(paths, ratios, patch, per_image, window, quantize, mean, std, seed)
     photos = np.unique(img)
     if len(photos) < 2:
         raise InputError(f"probe: {len(photos)} usable held-out photo(s); leave-one-photo-out needs >= 2 "
                          f"(skipped {len(skipped)}: {skipped[:5]})")
-    f = encode(encoder, x, device)
-    pred = leave_one_photo_out(f, ri, img)
     names = [format_ratio(r) for r in ratios]
-    report = {"ratio_acc": float((pred == ri).mean()), "ratio_chance": majority_rate(ri),
-              "n_test": int(len(ri)), "photos": int(len(photos)), "per_ratio": {}, "phase": {},
+    report = {"ratio_chance": majority_rate(ri), "n_test": int(len(ri)), "photos": int(len(photos)),
+              **_scores(encode(encoder, x, device), ri, ph, img, names),
               "no_patch": [n for j, n in enumerate(names) if not (ri == j).any()],
               "skipped": {"count": len(skipped), "examples": [f"{os.path.basename(p)}: {r}" for p, r in skipped[:5]]}}
-    for j, name in enumerate(names):
-        m = ri == j
-        if not m.any():
-            continue  # named in "no_patch"; it counts in no chance level
-        report["per_ratio"][name] = float((pred[m] == j).mean())
-        acc = float((leave_one_photo_out(f[m], ph[m], img[m]) == ph[m]).mean())
-        report["phase"][name] = {"acc": acc, "chance": majority_rate(ph[m])}
+    if reference:
+        report["reference"] = _scores(trace_statistic(x), ri, ph, img, names,
+                                      lambda j: trace_statistic(x[torch.from_numpy(ri == j)], ratios[j].denominator))
     return report
 
 
@@ -156,20 +202,23 @@ def initial_encoder(cfg: Dict[str, Any], device) -> torch.nn.Module:
     return encoder
 
 
-def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = None) -> Dict[str, Any]:
+def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = None,
+              reference: Optional[bool] = None) -> Dict[str, Any]:
     """The probe of a pre-training config (probe.images, the run's ratios, patch and normalisation).
 
     With probe.baseline (default), the same probe of the encoder as pre-training started from (same
     architecture, initialised with the run's seed, or model.weights when given) is reported beside
     it as "initial" (ratio and phase accuracy): the fixed input filter and a random network already
-    see some of the trace, and that is the bar pre-training has to clear."""
+    see some of the trace, and that is the bar pre-training has to clear. With probe.reference
+    (default), the hand-made statistic's scores on the same patches come as "reference": what the
+    patches carry at all."""
     from .evaldata import op_normalization
 
     mean, std = op_normalization(cfg)
     p = cfg["probe"]
     args = (list_images(p["images"]), ratios_from_config(cfg["ratios"]), cfg["plan"]["patch"], device,
             p["patches"], p["window"], cfg["plan"]["quantize"], mean, std, p.get("seed", 0))
-    report = probe_encoder(encoder, *args)
+    report = probe_encoder(encoder, *args, reference=p.get("reference", True) if reference is None else reference)
     if p.get("baseline", True) if baseline is None else baseline:
         start = initial_encoder(cfg, device)
         base = probe_encoder(start, *args)
@@ -177,6 +226,31 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
         if getattr(start, "initial_note", None):
             report["initial"]["note"] = start.initial_note
     return report
+
+
+def probe_table(r: Dict[str, Any]) -> List[str]:
+    """Markdown: per ratio, the ratio and phase accuracy of the encoder, of the encoder before
+    pre-training and of the hand-made reference statistic on the same patches, with chance."""
+    init, ref = r.get("initial", {}), r.get("reference", {})
+    cols = ["encoder"] + (["before pre-training"] if init else []) + (["reference statistic"] if ref else [])
+
+    def cells(key, name, chance):
+        vals = [r[key].get(name)] + ([init.get(key, {}).get(name)] if init else []) + (
+            [ref.get(key, {}).get(name)] if ref else [])
+        vals = [v["acc"] if isinstance(v, dict) else v for v in vals]
+        return " | ".join("-" if v is None else f"{v:.2f} ({v / chance:.1f}x)" for v in vals)
+
+    lines = ["| ratio | chance | " + " | ".join(f"ratio: {c}" for c in cols) + " | phase chance | "
+             + " | ".join(f"phase: {c}" for c in cols) + " |", "|---" * (3 + 2 * len(cols)) + "|"]
+    for name in r["per_ratio"]:
+        chance_r = r["ratio_chance"]
+        chance_p = r["phase"][name]["chance"]
+        lines.append(f"| {name} | {chance_r:.2f} | {cells('per_ratio', name, chance_r)} | {chance_p:.2f} | "
+                     f"{cells('phase', name, chance_p)} |")
+    overall = [r["ratio_acc"]] + ([init["ratio_acc"]] if init else []) + ([ref["ratio_acc"]] if ref else [])
+    lines.append(f"| all | {r['ratio_chance']:.2f} | " + " | ".join(f"{v:.2f} ({v / r['ratio_chance']:.1f}x)" for v in overall)
+                 + " | | " + " | ".join("" for _ in cols) + " |")
+    return lines
 
 
 def format_probe(r: Dict[str, Any]) -> str:
@@ -190,6 +264,9 @@ def format_probe(r: Dict[str, Any]) -> str:
                f"({r['initial']['ratio_acc'] / r['ratio_chance']:.1f}x)" if "initial" in r else "")
             + (", phase " + ", ".join(f"{k} {v['acc']:.2f}" for k, v in r["initial"]["phase"].items())
                if "phase" in r.get("initial", {}) else "")
+            + (f"; the hand-made trace statistic on the same patches (reference, no learning): ratio accuracy "
+               f"{r['reference']['ratio_acc']:.3f} ({r['reference']['ratio_acc'] / r['ratio_chance']:.1f}x), phase "
+               + ", ".join(f"{k} {v['acc']:.2f}" for k, v in r["reference"]["phase"].items()) if "reference" in r else "")
             + (f"; skipped {r['skipped']['count']} photo(s): {', '.join(r['skipped']['examples'])}"
                if r.get("skipped", {}).get("count") else "")
             + (f"; no patch at {', '.join(r['no_patch'])} (photos smaller than its window)" if r.get("no_patch") else ""))

@@ -78,6 +78,46 @@ def test_probe_tells_a_trace_detector_from_a_blind_encoder(tmp_path):
     assert probe_encoder(SpectrumEncoder(), paths, RATIOS, **kw)["ratio_acc"] == good["ratio_acc"]
 
 
+def test_reference_statistic_reads_what_the_patches_carry(tmp_path):
+    """The hand-made statistic scored beside the encoder: on noise photos (the trace in every patch) it
+    reads the ratio and the phase of every ratio with q >= 3, whatever the encoder; on flat photos
+    (no trace anywhere) it reads neither, so an encoder at chance there is not a failure to learn."""
+    from fitgap.probe import format_probe, probe_table, trace_statistic
+
+    paths = noise_photos(str(tmp_path / "photos"))
+    kw = dict(patch=32, device="cpu", per_image=48, window=160, quantize=True, mean=[128.0] * 3,
+              std=[40.0] * 3, seed=0)
+    blind = probe_encoder(ConstantEncoder(), paths, RATIOS, reference=True, **kw)
+    ref = blind["reference"]
+    assert blind["ratio_acc"] <= 0.3 and ref["ratio_acc"] >= 0.8, ref
+    for name in ("2/3", "3/4", "5/4"):  # q >= 3; a period-2 energy pattern is symmetric in its phase
+        assert ref["phase"][name]["acc"] >= 2 * blind["phase"][name]["chance"], (name, ref["phase"][name])
+        assert blind["phase"][name]["acc"] <= 1.5 * blind["phase"][name]["chance"]
+    assert set(ref["per_ratio"]) == set(blind["per_ratio"])
+    assert probe_encoder(SpectrumEncoder(), paths, RATIOS, reference=True, **kw)["reference"] == ref
+    assert "reference" not in probe_encoder(ConstantEncoder(), paths, RATIOS, **kw)
+    text = format_probe(blind)
+    assert "the hand-made trace statistic on the same patches (reference, no learning): ratio accuracy" in text
+    assert f"{ref['ratio_acc']:.3f}" in text and f"3/4 {ref['phase']['3/4']['acc']:.2f}" in text
+    table = probe_table(blind)
+    assert len({row.count("|") for row in table}) == 1 and len(table) == 2 + len(RATIOS) + 1
+    assert "phase: reference statistic" in table[0] and "phase: before" not in table[0]  # no baseline here
+    row = next(t for t in table if t.startswith("| 3/4 |"))
+    p = ref["phase"]["3/4"]
+    assert f"{p['acc']:.2f} ({p['acc'] / p['chance']:.1f}x) |" in row
+    # flat photos: constant patches, no residual, nothing to read
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((200, 200, 3), 60 + 40 * i, np.uint8)).save(flat / f"flat_{i}.png")
+    r = probe_encoder(ConstantEncoder(), sorted(str(p) for p in flat.iterdir()), RATIOS, reference=True, **kw)
+    assert r["reference"]["ratio_acc"] <= 0.3
+    assert all(v["acc"] <= 1.5 * r["phase"][k]["chance"] for k, v in r["reference"]["phase"].items())
+    # the phase features: one log mean per row class and per column class of the period
+    x = torch.rand(5, 3, 32, 32)
+    assert trace_statistic(x, 4).shape == (5, 8) and trace_statistic(x).shape == (5, 2 * 16)
+
+
 def test_probe_chance_counts_only_the_classes_present(tmp_path):
     from fitgap.probe import format_probe, majority_rate
 
@@ -116,6 +156,8 @@ def test_probe_command_reads_a_pretraining_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "probe (3 held-out photos, leave-one-photo-out, 18 patches)" in out
     assert "the encoder before pre-training: ratio accuracy" in out and ", phase 3/4 " in out
+    assert set(report["reference"]["phase"]) == set(report["phase"])  # the hand-made statistic beside it
+    assert "(reference, no learning)" in out
     with pytest.raises(SystemExit) as e:
         main(["--ckpt", path, "--images", folder, "--patches", "0"])
     assert e.value.code == 2 and "--patches" in capsys.readouterr().err
