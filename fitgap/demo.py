@@ -3,8 +3,10 @@
 1. export the real photos shipped in scikit-image / scikit-learn, build the mini-benchmark (once);
 2. pre-train with configs/demo_pretrain.yaml on the training photos (real images only) and probe
    the encoder on held-out photos;
-3. fine-tune on ONE generator family (tconv) from the pre-trained encoder, and from scratch;
-4. evaluate both on all five families, GAN-like and diffusion-like (held-out photos);
+3. fine-tune on ONE generator family (tconv) from the pre-trained encoder, and from scratch, each
+   REPEATS times with other fine-tuning seeds (one fine-tuning moves the unseen AP by several points:
+   the comparison is made on the mean; the detector kept is the first one);
+4. evaluate all of them on all five families, GAN-like and diffusion-like (held-out photos);
 5. the shortcut checks: an audit of the mini-benchmark's files (can format or size alone separate
    real from fake?) and the resampling sensitivity of the fine-tuned detector (decisions and AP
    under resizing with several kernels, JPEG and blur);
@@ -20,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import List
+from typing import Dict, List, Sequence
 
 from .files import atomic_write_text
 from .evaluate import format_markdown
@@ -29,6 +31,9 @@ RUN = os.path.join("runs", "demo")
 PRETRAIN_CONFIG = os.path.join("configs", "demo_pretrain.yaml")
 FINETUNE_CONFIG = os.path.join("configs", "demo_finetune.yaml")
 ROBUSTNESS_PER_CLASS = 24
+REPEATS = 3          # fine-tunings per initialisation (seeds: the demo's, then 1000 * k + the demo's)
+TRAIN_FAMILY = "tconv"
+DIFFUSION_LIKE = ("pixdiff", "ldm")
 
 
 def scratch_overrides(pretrain_config: str = PRETRAIN_CONFIG) -> List[str]:
@@ -47,23 +52,77 @@ def sh(*args: str) -> None:
     subprocess.run([sys.executable, *args], check=True)
 
 
-def plot_ablation(results, path):
+def repeat_summary(runs: Dict[str, List[dict]], train_family: str = TRAIN_FAMILY,
+                   diffusion: Sequence[str] = DIFFUSION_LIKE) -> Dict[str, dict]:
+    """Per initialisation, from the evaluate.py results of its repeated fine-tunings: every family's
+    AP (mean, min, max, in %), the mean over the unseen families (all but train_family) and over the
+    diffusion-like ones, each as a list over the repeats and their mean."""
+    out = {}
+    for label, results in runs.items():
+        per = [{r["subset"]: 100 * r["ap"] for r in res["rows"] if r.get("ap") is not None} for res in results]
+        families = [f for f in per[0] if all(f in p for p in per)]
+        unseen = [f for f in families if f != train_family]
+        diff = [f for f in families if f in diffusion]
+        lists = {"unseen": [sum(p[f] for f in unseen) / len(unseen) for p in per] if unseen else [],
+                 "diffusion": [sum(p[f] for f in diff) / len(diff) for p in per] if diff else []}
+        out[label] = {"n": len(per),
+                      "families": {f: {"mean": sum(p[f] for p in per) / len(per), "min": min(p[f] for p in per),
+                                       "max": max(p[f] for p in per)} for f in families},
+                      **{k: {"runs": v, "mean": sum(v) / len(v) if v else None} for k, v in lists.items()}}
+    return out
+
+
+def format_repeats(summary: Dict[str, dict], first: str = "pretrained", second: str = "scratch") -> List[str]:
+    """Markdown: the repeated fine-tunings side by side, and which initialisation is ahead on average."""
+    a, b = summary[first], summary[second]
+    lines = [f"| family | {first} (mean, min-max over {a['n']}) | {second} (mean, min-max over {b['n']}) |",
+             "|---|---|---|"]
+    for f in a["families"]:
+        if f in b["families"]:
+            x, y = a["families"][f], b["families"][f]
+            lines.append(f"| {f} | {x['mean']:.1f} ({x['min']:.1f}-{x['max']:.1f}) | "
+                         f"{y['mean']:.1f} ({y['min']:.1f}-{y['max']:.1f}) |")
+    for key, name in (("unseen", "unseen mean"), ("diffusion", "diffusion-like mean")):
+        if a[key]["runs"] and b[key]["runs"]:
+            lines.append(f"| {name} | {a[key]['mean']:.1f} ({min(a[key]['runs']):.1f}-{max(a[key]['runs']):.1f}) | "
+                         f"{b[key]['mean']:.1f} ({min(b[key]['runs']):.1f}-{max(b[key]['runs']):.1f}) |")
+    verdict = []
+    for key, name in (("unseen", "the unseen families"), ("diffusion", "the diffusion-like families")):
+        if a[key]["mean"] is not None and b[key]["mean"] is not None:
+            d = a[key]["mean"] - b[key]["mean"]
+            verdict.append(f"on {name} the {first} detector is {'ahead of' if d > 0 else 'behind' if d < 0 else 'level with'} "
+                           f"{second} by {abs(d):.1f} AP on average")
+    spread = max(max(v[k]["runs"]) - min(v[k]["runs"]) for v in (a, b) for k in ("unseen",) if v[k]["runs"])
+    text = "; ".join(verdict)
+    return lines + ["", text[:1].upper() + text[1:] + f" (one fine-tuning's unseen mean moves by up to "
+                    f"{spread:.1f} AP between fine-tuning seeds here: a smaller difference is within that noise)."]
+
+
+def plot_ablation(summary: Dict[str, dict], path: str) -> None:
+    """Bars: every family's mean AP over the repeated fine-tunings, whiskers from min to max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["subset"] for r in results["pretrained"]["rows"]] + ["mean"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = list(summary)
+    names = list(summary[labels[0]]["families"]) + ["unseen mean"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
     width = 0.38
-    for k, (label, res) in enumerate(results.items()):
-        vals = [100 * (r["ap"] or 0) for r in res["rows"]] + [100 * (res["mean"]["ap"] or 0)]
-        ax.bar([i + (k - 0.5) * width for i in range(len(names))], vals, width, label=label)
-    ax.set_xticks(range(len(names)), names)
+    for k, label in enumerate(labels):
+        s = summary[label]
+        runs = [[s["families"][f]["mean"], s["families"][f]["min"], s["families"][f]["max"]] for f in names[:-1]]
+        u = s["unseen"]["runs"] or [0.0]
+        runs.append([sum(u) / len(u), min(u), max(u)])
+        mean = [r[0] for r in runs]
+        err = [[r[0] - r[1] for r in runs], [r[2] - r[0] for r in runs]]
+        ax.bar([i + (k - 0.5) * width for i in range(len(names))], mean, width, yerr=err, capsize=2,
+               label=f"{label} ({s['n']} fine-tunings)")
+    ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
     ax.axhline(50, color="grey", lw=0.8, ls="--")
-    ax.set_title("Mini-benchmark: fine-tuned on tconv, tested on all families")
+    ax.set_title(f"Mini-benchmark: fine-tuned on {TRAIN_FAMILY}, tested on all families")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -94,17 +153,25 @@ def main(argv=None) -> None:
     timings["pretrain"] = time.time() - t
     pre = os.path.join(RUN, "pretrain", "checkpoint.pt")
 
-    results = {}
-    for label, name, init in (("pretrained", "finetune", pre), ("scratch", "finetune_scratch", "null")):
-        t = time.time()
-        extra = scratch_overrides() if init == "null" else []
-        sh("finetune.py", "--config", FINETUNE_CONFIG, f"name={tag}/{name}", f"init={init}", *seed, *extra)
-        out = os.path.join(RUN, name, "eval_mini")
-        sh("evaluate.py", "--ckpt", os.path.join(RUN, name, "best.pt"), "--bench", "mini", "--split", "test",
-           "--out", out, "--device", "cpu")
-        with open(os.path.join(out, "results.json")) as f:
-            results[label] = json.load(f)
-        timings[name] = time.time() - t
+    results, repeats = {}, {"pretrained": [], "scratch": []}
+    for k in range(REPEATS):
+        ft_seed = args.seed if k == 0 else 1000 * k + args.seed
+        for label, name, init in (("pretrained", "finetune", pre), ("scratch", "finetune_scratch", "null")):
+            name = name if k == 0 else f"{name}_r{k}"
+            t = time.time()
+            extra = scratch_overrides() if init == "null" else []
+            sh("finetune.py", "--config", FINETUNE_CONFIG, f"name={tag}/{name}", f"init={init}", f"seed={ft_seed}",
+               *extra)
+            out = os.path.join(RUN, name, "eval_mini")
+            sh("evaluate.py", "--ckpt", os.path.join(RUN, name, "best.pt"), "--bench", "mini", "--split", "test",
+               "--out", out, "--device", "cpu")
+            with open(os.path.join(out, "results.json")) as f:
+                repeats[label].append(json.load(f))
+            key = name if k == 0 else f"{label} repeats"
+            timings[key] = timings.get(key, 0.0) + time.time() - t
+        if k == 0:
+            results = {label: runs[0] for label, runs in repeats.items()}
+    summary = repeat_summary(repeats)
 
     reference = write_demo_reference()
 
@@ -126,7 +193,8 @@ def main(argv=None) -> None:
 
     probe = [r for r in _read_jsonl(os.path.join(RUN, "pretrain", "log.jsonl")) if "probe" in r]
     fig = os.path.join(RUN, "ablation_ap.png")
-    plot_ablation(results, fig)
+    plot_ablation(summary, fig)
+    atomic_write_text(os.path.join(RUN, "repeats.json"), json.dumps(summary, indent=1))
     lines = ["# fitgap demo report", "",
              "Pre-trained on real photos only (configs/demo_pretrain.yaml), fine-tuned on ONE generator "
              "family of the mini-benchmark (tconv), evaluated on all five (three GAN-like decoders, pixel "
@@ -134,13 +202,20 @@ def main(argv=None) -> None:
              "The scratch row is the same fine-tuning without pre-training (the paper's Table 3 in "
              "miniature).", ""]
     if probe:
-        from .probe import format_probe
+        from .probe import format_probe, probe_table
 
-        lines += ["## Probe of the pre-trained encoder", "", format_probe(probe[-1]["probe"]), ""]
+        r = probe[-1]["probe"]
+        lines += ["## Probe of the pre-trained encoder", "", format_probe(r), "",
+                  "Accuracy (multiple of chance) per ratio; phase is (y0 mod q, x0 mod q). The reference is a "
+                  "hand-made statistic of the same patches (no learning): where it is at chance too, these "
+                  "patches do not carry what is asked, whatever the encoder.", ""] + probe_table(r) + [""]
     lines += ["## Cross-family evaluation", "",
+              f"AP (%) over {REPEATS} fine-tunings of each initialisation (fine-tuning seeds {args.seed}, "
+              + ", ".join(str(1000 * k + args.seed) for k in range(1, REPEATS)) + "; the pre-training is the same "
+              "for all):", ""] + format_repeats(summary) + ["", "![AP per family](ablation_ap.png)", "",
+              "The detector kept (runs/" + tag + "/finetune, the first fine-tuning) in full, and its scratch twin:", "",
               format_markdown(results["pretrained"], "fine-tuned from the pre-trained encoder"), "",
-              format_markdown(results["scratch"], "fine-tuned from scratch (ablation)"), "",
-              "![AP per family](ablation_ap.png)", ""]
+              format_markdown(results["scratch"], "fine-tuned from scratch (ablation)"), ""]
     lines += shortcut_section()
     lines += ["## Time (s)", "",
               "| step | seconds |", "|---|---|"]
