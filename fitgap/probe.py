@@ -169,7 +169,9 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
               **_scores(encode(encoder, x, device), ri, ph, img, names),
               "no_patch": [n for j, n in enumerate(names) if not (ri == j).any()],
               "skipped": {"count": len(skipped), "examples": [f"{os.path.basename(p)}: {r}" for p, r in skipped[:5]]}}
-    if reference:
+    if reference and patch < 3:
+        report["reference_skipped"] = f"{patch}-px patches: the statistic's 3x3 residual needs at least 3 px"
+    elif reference:
         report["reference"] = _scores(trace_statistic(x), ri, ph, img, names,
                                       lambda j: trace_statistic(x[torch.from_numpy(ri == j)], ratios[j].denominator))
     return report
@@ -267,6 +269,7 @@ def format_probe(r: Dict[str, Any]) -> str:
             + (f"; the hand-made trace statistic on the same patches (reference, no learning): ratio accuracy "
                f"{r['reference']['ratio_acc']:.3f} ({r['reference']['ratio_acc'] / r['ratio_chance']:.1f}x), phase "
                + ", ".join(f"{k} {v['acc']:.2f}" for k, v in r["reference"]["phase"].items()) if "reference" in r else "")
+            + (f"; no reference statistic ({r['reference_skipped']})" if "reference_skipped" in r else "")
             + (f"; skipped {r['skipped']['count']} photo(s): {', '.join(r['skipped']['examples'])}"
                if r.get("skipped", {}).get("count") else "")
             + (f"; no patch at {', '.join(r['no_patch'])} (photos smaller than its window)" if r.get("no_patch") else ""))

@@ -113,6 +113,9 @@ def test_reference_statistic_reads_what_the_patches_carry(tmp_path):
     r = probe_encoder(ConstantEncoder(), sorted(str(p) for p in flat.iterdir()), RATIOS, reference=True, **kw)
     assert r["reference"]["ratio_acc"] <= 0.3
     assert all(v["acc"] <= 1.5 * r["phase"][k]["chance"] for k, v in r["reference"]["phase"].items())
+    # patches too small for the statistic's 3x3 residual: said, not a crash at the end of a run
+    tiny = probe_encoder(ConstantEncoder(), paths, RATIOS, **dict(kw, patch=2, per_image=4), reference=True)
+    assert "reference" not in tiny and "no reference statistic (2-px patches" in format_probe(tiny)
     # the phase features: one log mean per row class and per column class of the period
     x = torch.rand(5, 3, 32, 32)
     assert trace_statistic(x, 4).shape == (5, 8) and trace_statistic(x).shape == (5, 2 * 16)
