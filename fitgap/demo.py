@@ -92,7 +92,8 @@ def format_repeats(summary: Dict[str, dict], first: str = "pretrained", second: 
             d = a[key]["mean"] - b[key]["mean"]
             verdict.append(f"on {name} the {first} detector is {'ahead of' if d > 0 else 'behind' if d < 0 else 'level with'} "
                            f"{second} by {abs(d):.1f} AP on average")
-    spread = max(max(v[k]["runs"]) - min(v[k]["runs"]) for v in (a, b) for k in ("unseen",) if v[k]["runs"])
+    spread = max((max(v["unseen"]["runs"]) - min(v["unseen"]["runs"]) for v in (a, b) if v["unseen"]["runs"]),
+                 default=0.0)
     text = "; ".join(verdict)
     return lines + ["", text[:1].upper() + text[1:] + f" (one fine-tuning's unseen mean moves by up to "
                     f"{spread:.1f} AP between fine-tuning seeds here: a smaller difference is within that noise)."]
