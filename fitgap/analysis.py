@@ -2,6 +2,7 @@
 
     python -m fitgap.analysis similarity --ckpt CKPT --images DIR [--n 1000] [--out DIR]
     python -m fitgap.analysis tsne --ckpt CKPT --bench NAME --root DIR [--rescale 224,192,160]
+    python -m fitgap.analysis transfer --ckpt CKPT --bench NAME --train-subset NAME [--crop 64]
 
 similarity: per image, a crop; `count` patches along its diagonal with stride 1; the cosine
 similarity matrix of their features, averaged over images. An encoder that sees rescaling phase
@@ -17,6 +18,12 @@ excess of a ratio's band over that control at the same q.
 
 tsne: features of real and fake images per subset (centre crop at native resolution), and of
 copies rescaled before extraction, embedded in 2-D with scikit-learn's t-SNE.
+
+transfer: what the frozen features carry across generators, without the noise of a fine-tuning. A
+logistic regression (scikit-learn, standardised features) is fitted on the encoder's features of one
+subset's train split (centre crop at native resolution) and scores every subset's test split (AP);
+the same for the encoder before pre-training (same architecture and seed) beside it. Both are
+deterministic: two pre-trainings compare here without fine-tuning seeds moving the answer.
 """
 from __future__ import annotations
 
@@ -326,6 +333,96 @@ def run_tsne(args) -> str:
     return os.path.join(args.out, "tsne.png")
 
 
+def _labelled_features(encoder, items, crop: int, mean, std, device):
+    """(features [n, d], labels [n], images left out) of the centre crops of `items`."""
+    feats = image_features(encoder, items, crop, mean, std, device)
+    keep = [k for k, f in enumerate(feats) if f is not None]
+    if not keep:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), len(items)
+    return (np.stack([feats[k] for k in keep]), np.array([items[k][1] for k in keep]), len(items) - len(keep))
+
+
+def transfer_scores(encoder, train_items, test_subsets, crop: int, mean, std, device, c: float = 0.05) -> Dict:
+    """Fit a logistic regression on the frozen features of `train_items` [(path, label)] and score every
+    subset of `test_subsets` [(name, items)]: {"ap": {name: AP or None}, "n": {name: images scored},
+    "left_out": images unreadable or smaller than the crop}. AP None where a subset lacks a class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, left = _labelled_features(encoder, train_items, crop, mean, std, device)
+    if len(np.unique(y)) < 2:
+        raise InputError(f"transfer: the training subset gives {int((y == 0).sum())} real and {int((y == 1).sum())} "
+                         f"fake {crop}-px crops; both classes are needed")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x, y)
+    out = {"ap": {}, "n": {}, "left_out": left}
+    for name, items in test_subsets:
+        g, yy, gone = _labelled_features(encoder, items, crop, mean, std, device)
+        out["left_out"] += gone
+        out["n"][name] = int(len(yy))
+        out["ap"][name] = (float(average_precision_score(yy, clf.decision_function(g)))
+                           if len(np.unique(yy)) == 2 else None)
+    return out
+
+
+def format_transfer(result: Dict) -> List[str]:
+    """Markdown: AP per test subset of the frozen encoder and of the encoder before pre-training, and
+    the means over the subsets other than the one fitted on."""
+    rows = ["| test subset | pre-trained encoder, frozen | before pre-training, frozen |", "|---|---|---|"]
+    for name in result["encoder"]["ap"]:
+        mark = " (fitted on its train split)" if name == result["train"] else ""
+        rows.append(f"| {name}{mark} | {_pct(result['encoder']['ap'][name])} | {_pct(result['initial']['ap'][name])} |")
+    rows.append(f"| mean over the others | {_pct(result['encoder']['unseen'])} | {_pct(result['initial']['unseen'])} |")
+    return rows
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _unseen(ap: Dict[str, Optional[float]], train: str) -> Optional[float]:
+    vals = [v for k, v in ap.items() if k != train and v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def run_transfer(args) -> Dict:
+    import json
+
+    from .benchmarks import load_benchmark
+    from .detector import load_encoder
+    from .files import atomic_write_text
+    from .probe import initial_encoder
+
+    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
+                          else "cpu")
+    encoder, cfg = load_encoder(args.ckpt, device)
+    norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    train = {s.name: s for s in load_benchmark(args.bench, args.root, args.train_split, [args.train_subset])}
+    if train.get(args.train_subset) is None or train[args.train_subset].status != "ok":
+        raise InputError(f"--train-subset: {args.train_subset!r} is missing or empty in {args.bench} "
+                         f"(split {args.train_split})")
+    tests = [(s.name, s.items) for s in load_benchmark(args.bench, args.root, args.split, args.subsets)
+             if s.status == "ok"]
+    if not tests:
+        raise InputError(f"--bench {args.bench}: no test subset with images (split {args.split})")
+    result = {"ckpt": args.ckpt, "bench": args.bench, "train": args.train_subset, "crop": args.crop}
+    for key, enc in (("encoder", encoder), ("initial", initial_encoder(cfg, device).eval())):
+        r = transfer_scores(enc, train[args.train_subset].items, tests, args.crop, norm["mean"], norm["std"], device)
+        r["unseen"] = _unseen(r["ap"], args.train_subset)
+        result[key] = r
+    if result["encoder"]["left_out"]:
+        print(f"left out: {result['encoder']['left_out']} images unreadable or smaller than {args.crop} px",
+              file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_text(os.path.join(args.out, "transfer.json"), json.dumps(result, indent=1))
+    print(f"frozen-feature transfer, logistic regression fitted on {args.train_subset} ({args.train_split}), "
+          f"AP (%) on {args.split or 'the default split'}:")
+    print("\n".join(format_transfer(result)))
+    print(f"written: {args.out}/transfer.json")
+    return result
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -353,6 +450,17 @@ def get_args_parser():
     t.add_argument("--out", default="runs/analysis")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r = sub.add_parser("transfer", help="frozen features: a logistic regression on one subset, AP on every subset")
+    r.add_argument("--ckpt", required=True)
+    r.add_argument("--bench", required=True)
+    r.add_argument("--root", default=None)
+    r.add_argument("--train-subset", required=True, help="the subset whose train split the regression is fitted on")
+    r.add_argument("--train-split", default="train")
+    r.add_argument("--split", default=None, help="the split scored (default: the one evaluate.py scores)")
+    r.add_argument("--subsets", nargs="*", default=None, help="the subsets scored (default: all)")
+    r.add_argument("--crop", type=int, default=64, help="centre-crop size fed to the encoder (native resolution)")
+    r.add_argument("--out", default="runs/analysis")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
 
 
@@ -365,7 +473,7 @@ def main(argv=None):
         if v is not None and v < 1:
             print(f"error: --{name}: must be >= 1, got {v}", file=sys.stderr)
             sys.exit(2)
-    return run_main(run_similarity if args.cmd == "similarity" else run_tsne, args)
+    return run_main({"similarity": run_similarity, "tsne": run_tsne, "transfer": run_transfer}[args.cmd], args)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,76 @@ def test_cli_outputs(tmp_path):
     z = np.load(os.path.join(out, "tsne.npz"))
     assert z["points"].shape == (16, 2) and len(set(z["groups"].tolist())) == 4
     assert os.path.getsize(os.path.join(out, "tsne.png")) > 1000
+
+
+class MeanColour(nn.Module):
+    """Features: the mean of each channel (a frozen encoder that reads brightness only)."""
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def _brightness_items(tmp_path, name, fake_offset, n=12, size=40, reals=True):
+    items = []
+    folder = tmp_path / name
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(len(name))
+    for i in range(n):
+        for label in ((0, 1) if reals else (1,)):
+            base = 100 + (fake_offset if label else 0)
+            a = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            path = str(folder / f"{label}_{i}.png")
+            Image.fromarray(a).save(path)
+            items.append((path, label))
+    return items
+
+
+def test_transfer_scores_follow_the_direction_the_features_carry(tmp_path):
+    from fitgap.analysis import transfer_scores
+
+    train = _brightness_items(tmp_path, "train", +40)
+    small = str(tmp_path / "small.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(small)
+    tests = [("same", _brightness_items(tmp_path, "same", +40)),       # fakes brighter, as in training
+             ("inverted", _brightness_items(tmp_path, "inv", -40)),    # fakes darker: ranked below the reals
+             ("fakes only", _brightness_items(tmp_path, "fo", +40, reals=False) + [(small, 0)])]
+    r = transfer_scores(MeanColour(), train, tests, 32, (0.5,) * 3, (0.25,) * 3, "cpu")
+    assert r["ap"]["same"] == pytest.approx(1.0)
+    assert r["ap"]["inverted"] < 0.6
+    assert r["ap"]["fakes only"] is None          # one class: no AP, not a number that means nothing
+    assert r["n"] == {"same": 24, "inverted": 24, "fakes only": 12} and r["left_out"] == 1
+    with pytest.raises(Exception, match="both classes"):
+        transfer_scores(MeanColour(), [it for it in train if it[1] == 1], tests, 32, (0.5,) * 3, (0.25,) * 3, "cpu")
+
+
+def test_transfer_cli(tmp_path):
+    from fitgap import checkpoint as ckpt
+    from fitgap.analysis import format_transfer
+    from fitgap.models import ContrastiveModel, build_encoder
+
+    model = ContrastiveModel(build_encoder("test_resnet"), 16, 8)
+    cfg = {"model": {"backbone": "test_resnet", "pretrained": False, "weights": None, "stem_stride": None,
+                     "stem_pool": True, "highpass": False}, "seed": 3}
+    path = str(tmp_path / "ck.pt")
+    ckpt.atomic_save({"model": model.state_dict(), "config": cfg, "kind": "pretrain"}, path)
+    root = tmp_path / "bench"
+    for sub, shift in (("g1", 10), ("g2", 30)):
+        for label in ("0_real", "1_fake"):
+            os.makedirs(root / sub / label)
+            for i in range(5):
+                Image.fromarray(smooth_noise(64, 64, i + (shift if label == "1_fake" else 0))).save(
+                    root / sub / label / f"{i}.png")
+    out = str(tmp_path / "out")
+    result = main(["transfer", "--ckpt", path, "--bench", "folder", "--root", str(root), "--train-subset", "g1",
+                   "--crop", "48", "--out", out, "--device", "cpu"])
+    with open(os.path.join(out, "transfer.json")) as f:
+        saved = json.load(f)
+    assert saved["train"] == "g1" and set(saved["encoder"]["ap"]) == {"g1", "g2"}
+    assert set(saved["initial"]["ap"]) == {"g1", "g2"} and saved["encoder"]["n"] == {"g1": 10, "g2": 10}
+    assert saved["encoder"]["unseen"] == pytest.approx(saved["encoder"]["ap"]["g2"])
+    assert result["encoder"]["ap"] == saved["encoder"]["ap"]
+    table = format_transfer(saved)
+    assert table[2].startswith("| g1 (fitted on its train split) |") and table[-1].startswith("| mean over the others |")
+    with pytest.raises(SystemExit):
+        main(["transfer", "--ckpt", path, "--bench", "folder", "--root", str(root), "--train-subset", "nope",
+              "--out", out, "--device", "cpu"])

@@ -386,6 +386,15 @@ def test_diffusion_families_generate_every_pixel_with_their_network():
     assert M.psnr(tiles, tiles) == 99.0
 
 
+def test_demo_frozen_transfer_uses_the_detectors_evaluation_crop(tmp_path):
+    from fitgap.demo import eval_crop
+
+    assert eval_crop(os.path.join(ROOT, "configs", "demo_finetune.yaml")) == 64  # eval.size
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("patch: 40\neval: {size: null}\n")
+    assert eval_crop(str(cfg)) == 40
+
+
 def test_demo_scratch_ablation_trains_the_pretraining_architecture():
     from fitgap import config as C
     from fitgap.demo import scratch_overrides
