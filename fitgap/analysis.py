@@ -369,7 +369,7 @@ def transfer_scores(encoder, train_items, test_subsets, crop: int, mean, std, de
 def format_transfer(result: Dict) -> List[str]:
     """Markdown: AP per test subset of the frozen encoder and of the encoder before pre-training, and
     the means over the subsets other than the one fitted on."""
-    rows = ["| test subset | pre-trained encoder, frozen | before pre-training, frozen |", "|---|---|---|"]
+    rows = ["| test subset | the encoder, frozen | the same architecture untrained (its seed), frozen |", "|---|---|---|"]
     for name in result["encoder"]["ap"]:
         mark = " (fitted on its train split)" if name == result["train"] else ""
         rows.append(f"| {name}{mark} | {_pct(result['encoder']['ap'][name])} | {_pct(result['initial']['ap'][name])} |")
