@@ -371,7 +371,10 @@ def format_transfer(result: Dict) -> List[str]:
     the means over the subsets other than the one fitted on."""
     rows = ["| test subset | the encoder, frozen | the same architecture untrained (its seed), frozen |", "|---|---|---|"]
     for name in result["encoder"]["ap"]:
-        mark = " (fitted on its train split)" if name == result["train"] else ""
+        mark = ""
+        if name == result["train"]:
+            mark = (f" (fitted on {result['train_overlap']} of these same images: not held out)"
+                    if result.get("train_overlap") else " (fitted on its train split)")
         rows.append(f"| {name}{mark} | {_pct(result['encoder']['ap'][name])} | {_pct(result['initial']['ap'][name])} |")
     rows.append(f"| mean over the others | {_pct(result['encoder']['unseen'])} | {_pct(result['initial']['unseen'])} |")
     return rows
@@ -405,8 +408,12 @@ def run_transfer(args) -> Dict:
     tests = [(s.name, s.items) for s in load_benchmark(args.bench, args.root, args.split, args.subsets)
              if s.status == "ok"]
     if not tests:
-        raise InputError(f"--bench {args.bench}: no test subset with images (split {args.split})")
-    result = {"ckpt": args.ckpt, "bench": args.bench, "train": args.train_subset, "crop": args.crop}
+        raise InputError(f"--bench {args.bench}: no test subset with images (split {args.split or 'default'})")
+    fitted = {p for p, _ in train[args.train_subset].items}
+    # a layout without splits (folder) scores the fitted subset on the very images it was fitted on: say so
+    overlap = sum(p in fitted for name, items in tests if name == args.train_subset for p, _ in items)
+    result = {"ckpt": args.ckpt, "bench": args.bench, "train": args.train_subset, "crop": args.crop,
+              "train_overlap": overlap}
     for key, enc in (("encoder", encoder), ("initial", initial_encoder(cfg, device).eval())):
         r = transfer_scores(enc, train[args.train_subset].items, tests, args.crop, norm["mean"], norm["std"], device)
         r["unseen"] = _unseen(r["ap"], args.train_subset)

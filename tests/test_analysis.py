@@ -227,7 +227,11 @@ def test_transfer_cli(tmp_path):
     assert saved["encoder"]["unseen"] == pytest.approx(saved["encoder"]["ap"]["g2"])
     assert result["encoder"]["ap"] == saved["encoder"]["ap"]
     table = format_transfer(saved)
-    assert table[2].startswith("| g1 (fitted on its train split) |") and table[-1].startswith("| mean over the others |")
+    # the folder layout has no splits: the fitted subset is scored on its own images, and the table says so
+    assert saved["train_overlap"] == 10
+    assert table[2].startswith("| g1 (fitted on 10 of these same images: not held out) |")
+    assert table[-1].startswith("| mean over the others |")
+    assert format_transfer(dict(saved, train_overlap=0))[2].startswith("| g1 (fitted on its train split) |")
     with pytest.raises(SystemExit):
         main(["transfer", "--ckpt", path, "--bench", "folder", "--root", str(root), "--train-subset", "nope",
               "--out", out, "--device", "cpu"])
