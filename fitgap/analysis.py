@@ -222,6 +222,11 @@ def plot_tsne(points: np.ndarray, groups: List[str], path: str, title: str = "")
     plt.close(fig)
 
 
+def _device(name: str) -> torch.device:
+    """--device auto | cpu | cuda."""
+    return torch.device("cuda" if (name == "auto" and torch.cuda.is_available()) or name == "cuda" else "cpu")
+
+
 def run_similarity(args) -> Dict[int, float]:
     """Band numbers per input (the photos as they are, and rescaled by every ratio) for the encoder
     and for the same architecture before pre-training; returns {q: mean band number over the rescaled
@@ -232,8 +237,7 @@ def run_similarity(args) -> Dict[int, float]:
     from .probe import initial_encoder
     from .ratios import format_ratio, ratios_from_config
 
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
-                          else "cpu")
+    device = _device(args.device)
     encoder, cfg = load_encoder(args.ckpt, device)
     norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     mean, std = norm["mean"], norm["std"]
@@ -303,8 +307,7 @@ def run_tsne(args) -> str:
     from .benchmarks import load_benchmark
     from .detector import load_encoder
 
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
-                          else "cpu")
+    device = _device(args.device)
     encoder, cfg = load_encoder(args.ckpt, device)
     norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     rng = np.random.default_rng(args.seed)
@@ -369,6 +372,8 @@ def transfer_scores(encoder, train_items, test_subsets, crop: int, mean, std, de
 def format_transfer(result: Dict) -> List[str]:
     """Markdown: AP per test subset of the frozen encoder and of the encoder before pre-training, and
     the means over the subsets other than the one fitted on."""
+    from .evaluate import _fmt as _pct
+
     rows = ["| test subset | the encoder, frozen | the same architecture untrained (its seed), frozen |", "|---|---|---|"]
     for name in result["encoder"]["ap"]:
         mark = ""
@@ -378,10 +383,6 @@ def format_transfer(result: Dict) -> List[str]:
         rows.append(f"| {name}{mark} | {_pct(result['encoder']['ap'][name])} | {_pct(result['initial']['ap'][name])} |")
     rows.append(f"| mean over the others | {_pct(result['encoder']['unseen'])} | {_pct(result['initial']['unseen'])} |")
     return rows
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def _unseen(ap: Dict[str, Optional[float]], train: str) -> Optional[float]:
@@ -397,8 +398,7 @@ def run_transfer(args) -> Dict:
     from .files import atomic_write_text
     from .probe import initial_encoder
 
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
-                          else "cpu")
+    device = _device(args.device)
     encoder, cfg = load_encoder(args.ckpt, device)
     norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     train = {s.name: s for s in load_benchmark(args.bench, args.root, args.train_split, [args.train_subset])}

@@ -26,6 +26,7 @@ import time
 from typing import Dict, List, Sequence
 
 from .files import atomic_write_text
+from .evaluate import _fmt as _pct
 from .evaluate import format_markdown
 
 RUN = os.path.join("runs", "demo")
@@ -301,10 +302,6 @@ def shortcut_section() -> List[str]:
                      f"{_pct(r['fake_flip'])} |")
     lines += ["", "![resampling sensitivity](robustness/resize_ap.png)", ""]
     return lines
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def _read_jsonl(path):
