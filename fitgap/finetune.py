@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -147,9 +147,22 @@ def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap, rng_ranks):
+def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap, rng_ranks, best_epoch):
+    """best_epoch: the epoch best.pt holds (None: not known, a run resumed from a checkpoint written
+    before it was recorded)."""
     ckpt.save_training(path, model, optimizer, scaler, cfg, "detector", rng_ranks=rng_ranks, epoch=epoch,
-                       step=step, best_ap=best_ap)
+                       step=step, best_ap=best_ap, best_epoch=best_epoch)
+
+
+def selection_note(ap: float, best_ap: float, best_epoch: Optional[int]) -> str:
+    """What the epoch just validated does to best.pt, in words, when it does not replace it: a later
+    epoch whose validation AP only equals the best (common once it saturates at 100) leaves best.pt at
+    the earliest such epoch, and the log says so instead of implying the later one was kept."""
+    if best_epoch is None or ap > best_ap:
+        return ""
+    if ap == best_ap:
+        return f"; ties epoch {best_epoch}'s validation AP: best.pt stays at epoch {best_epoch} (the earliest)"
+    return f"; best.pt stays at epoch {best_epoch} (val AP {100 * best_ap:.1f})"
 
 
 def param_groups(model: Detector, encoder_lr_scale: float, separate: bool = True) -> List[Dict[str, Any]]:
@@ -241,12 +254,13 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         total = min(total, t["max_steps"])
     schedule = cosine_schedule(o["lr"], total, o["warmup_steps"], o["min_lr"])
 
-    state = {"epoch": 0, "step": 0, "best_ap": -1.0}
+    state = {"epoch": 0, "step": 0, "best_ap": -1.0, "best_epoch": None}
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
     saved = ckpt.resume_everywhere(last, model_without_ddp, optimizer, scaler)
     if saved is not None:
-        state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"]}
+        state = {"epoch": saved["epoch"] + 1, "step": saved["step"], "best_ap": saved["best_ap"],
+                 "best_epoch": saved.get("best_epoch")}  # None: written before the epoch was recorded
         if info.is_main:
             log.truncate_after(state["step"])
             print(f"resumed from {last} after epoch {saved['epoch']}", flush=True)
@@ -267,31 +281,35 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
                                cfg["data"]["workers"], info, amp=t["amp"])
         ap = val["mean"]["ap"] if val["mean"]["ap"] is not None else -1.0
         skipped = summarize_skipped([s for part in D.all_gather_object(stats["skipped"]) for s in part])
+        # every rank holds the same gathered `ap`, so every rank keeps the same best_ap
+        improved = ap > state["best_ap"]
         if info.is_main:
             log.write({"step": state["step"], "epoch": state["epoch"], "epoch_loss": stats["loss"],
-                       "val_acc": val["mean"]["acc"], "val_ap": val["mean"]["ap"], "skipped_images": skipped})
+                       "val_acc": val["mean"]["acc"], "val_ap": val["mean"]["ap"], "skipped_images": skipped,
+                       "best_epoch": state["epoch"] if improved else state["best_epoch"]})
             msg = (f"epoch {state['epoch']}: loss {stats['loss']:.4f}, val acc {100 * (val['mean']['acc'] or 0):.1f}, "
-                   f"val AP {100 * ap:.1f}")
+                   f"val AP {100 * ap:.1f}") + selection_note(ap, state["best_ap"], state["best_epoch"])
             if skipped["count"]:
                 msg += f"; skipped {skipped['count']} image reads: {skipped['reasons']}"
             print(msg, flush=True)
-        # every rank holds the same gathered `ap`, so every rank keeps the same best_ap
-        improved = ap > state["best_ap"]
         if improved:
-            state["best_ap"] = ap
+            state["best_ap"], state["best_epoch"] = ap, state["epoch"]
         rngs = ckpt.rank_rng_states()
         if info.is_main:
             if improved:
                 save(os.path.join(run_dir, "best.pt"), model_without_ddp, optimizer, scaler, cfg,
-                     state["epoch"], state["step"], ap, rngs)
+                     state["epoch"], state["step"], ap, rngs, state["epoch"])
             save(last, model_without_ddp, optimizer, scaler, cfg, state["epoch"], state["step"], state["best_ap"],
-                 rngs)
+                 rngs, state["best_epoch"])
         D.barrier()
-        result = {"val": val, "best_ap": state["best_ap"], "loss": stats["loss"]}
+        result = {"val": val, "best_ap": state["best_ap"], "best_epoch": state["best_epoch"], "loss": stats["loss"]}
         state["epoch"] += 1
     rank_best = D.all_gather_object(state["best_ap"])  # the same on every rank (a check, logged)
     if info.is_main:
-        log.write({"step": state["step"], "final": True, "rank_best_ap": rank_best})
+        log.write({"step": state["step"], "final": True, "rank_best_ap": rank_best, "best_epoch": state["best_epoch"]})
         if result:
             print(format_markdown(result["val"], f"validation ({cfg['name']}, last epoch)"), flush=True)
+        if state["best_epoch"] is not None:
+            print(f"best.pt: epoch {state['best_epoch']} (val AP {100 * state['best_ap']:.1f}, the first epoch to "
+                  f"reach it); last.pt: epoch {state['epoch'] - 1}", flush=True)
     return result

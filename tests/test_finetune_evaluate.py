@@ -85,9 +85,15 @@ def test_full_finetune_changes_encoder_and_resumes(tree, pretrained, tmp_path):
     changed = [k for k, v in after["model"].items() if k.startswith("encoder.") and v.dtype.is_floating_point
                and not torch.equal(v, before[k])]
     assert changed and after["epoch"] == 1
+    # last.pt records which epoch best.pt holds, and the run says it
+    best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    assert after["best_epoch"] == best["epoch"] and best["best_ap"] == after["best_ap"]
     r = run(args + ["train.epochs=3"])
     assert "resumed from" in r.stdout
-    assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["epoch"] == 2
+    last = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["best_epoch"] == best["epoch"]  # carried across the resume
+    assert f"best.pt: epoch {best['epoch']} (val AP {100 * best['best_ap']:.1f}" in r.stdout, r.stdout[-1500:]
     # the same name in another mode is refused before anything is written
     cfg_file = tmp_path / "full" / "config.yaml"
     before = cfg_file.read_text()
@@ -274,6 +280,17 @@ def test_finetune_encoder_lr_scale_and_linear_epochs(tree, pretrained, tmp_path)
     cfg = C.load_config("configs/demo_finetune.yaml", ["init=null", "optim.encoder_lr_scale=0.0"], DEFAULTS)
     with pytest.raises(C.ConfigError, match="encoder_lr_scale"):
         check(cfg, 1)
+
+
+def test_an_epoch_that_only_ties_the_best_validation_ap_is_named_as_not_kept():
+    from fitgap.finetune import selection_note
+
+    assert selection_note(1.0, 0.9, 0) == ""  # better: it becomes best.pt, nothing to add
+    assert selection_note(0.5, -1.0, None) == ""  # the first epoch
+    tie = selection_note(1.0, 1.0, 1)
+    assert "ties epoch 1" in tie and "stays at epoch 1" in tie
+    worse = selection_note(0.8, 0.95, 2)
+    assert "stays at epoch 2" in worse and "95.0" in worse and "ties" not in worse
 
 
 def test_tiles_cover_the_image():
