@@ -20,7 +20,7 @@ from .benchmarks import load_benchmark
 from .data import summarize_skipped
 from .detector import load_pretrained_encoder
 from .evaldata import Perturbation, TrainCrops, collate_train
-from .evaluate import evaluate_subsets, format_markdown
+from .evaluate import _fmt, evaluate_subsets, format_markdown
 from .models import Detector, encoder_from_config
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
@@ -154,10 +154,23 @@ def save(path, model, optimizer, scaler, cfg, epoch, step, best_ap, rng_ranks, b
                        step=step, best_ap=best_ap, best_epoch=best_epoch)
 
 
-def selection_note(ap: float, best_ap: float, best_epoch: Optional[int]) -> str:
-    """What the epoch just validated does to best.pt, in words, when it does not replace it: a later
-    epoch whose validation AP only equals the best (common once it saturates at 100) leaves best.pt at
-    the earliest such epoch, and the log says so instead of implying the later one was kept."""
+NO_VAL_AP = -1.0  # best_ap while no epoch has had a validation AP
+
+
+def replaces_best(ap: Optional[float], best_ap: float) -> bool:
+    """Whether the epoch just validated (mean validation AP `ap`, None where no validation subset
+    holds both classes) becomes best.pt: a higher AP; while no epoch has had one, the latest epoch."""
+    return ap > best_ap if ap is not None else best_ap <= NO_VAL_AP
+
+
+def selection_note(ap: Optional[float], best_ap: float, best_epoch: Optional[int]) -> str:
+    """What the epoch just validated does to best.pt, in words, where the AP alone does not say it: a
+    later epoch whose validation AP only equals the best (common once it saturates at 100) leaves
+    best.pt at the earliest such epoch; without a validation AP best.pt is the latest epoch."""
+    if ap is None:
+        if best_ap > NO_VAL_AP:
+            return f"; no validation AP (no validation subset holds both classes): best.pt stays at epoch {best_epoch}"
+        return "; no validation AP (no validation subset holds both classes): best.pt is this latest epoch"
     if best_epoch is None or ap > best_ap:
         return ""
     if ap == best_ap:
@@ -254,7 +267,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         total = min(total, t["max_steps"])
     schedule = cosine_schedule(o["lr"], total, o["warmup_steps"], o["min_lr"])
 
-    state = {"epoch": 0, "step": 0, "best_ap": -1.0, "best_epoch": None}
+    state = {"epoch": 0, "step": 0, "best_ap": NO_VAL_AP, "best_epoch": None}
     log = JsonlLog(os.path.join(run_dir, "log.jsonl"))
     last = os.path.join(run_dir, "last.pt")
     saved = ckpt.resume_everywhere(last, model_without_ddp, optimizer, scaler)
@@ -279,16 +292,18 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         val = evaluate_subsets(model_without_ddp.eval(), val_subsets, crop, cfg["eval"]["crop"], n["mean"],
                                n["std"], Perturbation(), info.device, cfg["eval"]["batch"],
                                cfg["data"]["workers"], info, amp=t["amp"])
-        ap = val["mean"]["ap"] if val["mean"]["ap"] is not None else -1.0
+        val_ap = val["mean"]["ap"]
+        ap = val_ap if val_ap is not None else NO_VAL_AP
         skipped = summarize_skipped([s for part in D.all_gather_object(stats["skipped"]) for s in part])
         # every rank holds the same gathered `ap`, so every rank keeps the same best_ap
-        improved = ap > state["best_ap"]
+        improved = replaces_best(val_ap, state["best_ap"])
         if info.is_main:
             log.write({"step": state["step"], "epoch": state["epoch"], "epoch_loss": stats["loss"],
                        "val_acc": val["mean"]["acc"], "val_ap": val["mean"]["ap"], "skipped_images": skipped,
                        "best_epoch": state["epoch"] if improved else state["best_epoch"]})
-            msg = (f"epoch {state['epoch']}: loss {stats['loss']:.4f}, val acc {100 * (val['mean']['acc'] or 0):.1f}, "
-                   f"val AP {100 * ap:.1f}") + selection_note(ap, state["best_ap"], state["best_epoch"])
+            # "-" where a metric is undefined (no validation image, or one class), never a made-up 0
+            msg = (f"epoch {state['epoch']}: loss {stats['loss']:.4f}, val acc {_fmt(val['mean']['acc'])}, "
+                   f"val AP {_fmt(val_ap)}") + selection_note(val_ap, state["best_ap"], state["best_epoch"])
             if skipped["count"]:
                 msg += f"; skipped {skipped['count']} image reads: {skipped['reasons']}"
             print(msg, flush=True)
@@ -310,6 +325,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if result:
             print(format_markdown(result["val"], f"validation ({cfg['name']}, last epoch)"), flush=True)
         if state["best_epoch"] is not None:
-            print(f"best.pt: epoch {state['best_epoch']} (val AP {100 * state['best_ap']:.1f}, the first epoch to "
-                  f"reach it); last.pt: epoch {state['epoch'] - 1}", flush=True)
+            chosen = (f"val AP {100 * state['best_ap']:.1f}, the first epoch to reach it" if state["best_ap"] > NO_VAL_AP
+                      else "the latest: no epoch had a validation AP, no validation subset holds both classes")
+            print(f"best.pt: epoch {state['best_epoch']} ({chosen}); last.pt: epoch {state['epoch'] - 1}", flush=True)
     return result

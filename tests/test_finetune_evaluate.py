@@ -293,6 +293,28 @@ def test_an_epoch_that_only_ties_the_best_validation_ap_is_named_as_not_kept():
     assert "stays at epoch 2" in worse and "95.0" in worse and "ties" not in worse
 
 
+def test_without_a_validation_ap_best_pt_is_the_latest_epoch_and_says_so(pretrained, tmp_path):
+    from fitgap.finetune import NO_VAL_AP, replaces_best, selection_note
+
+    assert replaces_best(None, NO_VAL_AP) and not replaces_best(None, 0.7)  # an AP seen once is kept
+    assert replaces_best(0.3, NO_VAL_AP) and not replaces_best(1.0, 1.0)
+    assert "best.pt stays at epoch 0" in selection_note(None, 0.7, 0)
+    # a subset of fakes alone: every epoch's validation AP is undefined (not -100, not 0)
+    for i in range(6):
+        d = tmp_path / "bench" / "f" / "1_fake"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_noise(48, 48, 500 + i)).save(d / f"{i}.png")
+    args = finetune_args(str(tmp_path / "bench"), str(tmp_path), "one", pretrained, "data.subsets=[f]")
+    r = run(args)
+    assert "val AP -;" in r.stdout and "-100" not in r.stdout, r.stdout[-1500:]
+    assert "best.pt is this latest epoch" in r.stdout
+    assert "best.pt: epoch 1 (the latest: no epoch had a validation AP" in r.stdout
+    best = torch.load(tmp_path / "one" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    assert best["epoch"] == last["best_epoch"] == 1
+    assert all(torch.equal(v, last["model"][k]) for k, v in best["model"].items())
+
+
 def test_tiles_cover_the_image():
     a = np.arange(100 * 70 * 3, dtype=np.uint8).reshape(100, 70, 3)
     t = tiles(a, 32)
