@@ -267,7 +267,7 @@ def plot_reliability(result: Dict[str, Any], path: str) -> bool:
     ax.set_ylabel("fraction fake in bin")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"reliability (ECE {100 * (result['mean'].get('ece') or 0):.1f}%, subset mean)", fontsize=9)
+    ax.set_title(f"reliability (ECE {_fmt(result['mean'].get('ece'))}%, subset mean)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -271,6 +271,11 @@ def format_csv(result: Dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _pct_or_gap(v: Optional[float]) -> float:
+    """A plotted percentage; NaN (a gap in the line, not a point at 0) where the metric is undefined."""
+    return float("nan") if v is None else 100 * v
+
+
 def plot(result: Dict[str, Any], out_dir: str) -> List[str]:
     import matplotlib
 
@@ -288,8 +293,9 @@ def plot(result: Dict[str, Any], out_dir: str) -> List[str]:
                          [(1.0, native)], key=lambda t: t[0])
             style = "--" if k.endswith("noaa") else "-"
             for ax, key in zip(axes, ("ap", "real_to_fake", "fake_flip")):
-                ax.plot([x for x, _ in pts], [100 * (r[key] or 0) for _, r in pts], style, marker="o", ms=3, label=k)
-        axes[0].axhline(100 * (native["ap"] or 0), color="k", lw=0.8, ls=":", label="native")
+                ax.plot([x for x, _ in pts], [_pct_or_gap(r[key]) for _, r in pts], style, marker="o", ms=3, label=k)
+        if native["ap"] is not None:
+            axes[0].axhline(100 * native["ap"], color="k", lw=0.8, ls=":", label="native")
         for ax, t in zip(axes, ("AP (%) under resizing", "real photos turned fake (%)", "fake images flipped (%)")):
             ax.set_xlabel("resize factor")
             ax.set_title(t, fontsize=9)
@@ -305,10 +311,11 @@ def plot(result: Dict[str, Any], out_dir: str) -> List[str]:
             native_x = 0.0 if g == "blur" else 105.0
             pts = sorted([(c["strength"], m[c["name"]]) for c in cs] + [(native_x, native)], key=lambda t: t[0])
             for key, label in (("ap", "AP"), ("acc", "acc"), ("real_acc", "real acc"), ("fake_acc", "fake acc")):
-                ax.plot([x for x, _ in pts], [100 * (r[key] or 0) for _, r in pts], marker="o", ms=3, label=label)
+                ax.plot([x for x, _ in pts], [_pct_or_gap(r[key]) for _, r in pts], marker="o", ms=3, label=label)
             ticks = sorted({x for x, _ in pts})
             ax.set_xticks(ticks, ["native" if x == native_x else f"{x:g}" for x in ticks], fontsize=7)
-            ax.axhline(100 * (native["ap"] or 0), color="k", lw=0.8, ls=":", label="native AP")
+            if native["ap"] is not None:
+                ax.axhline(100 * native["ap"], color="k", lw=0.8, ls=":", label="native AP")
             ax.set_xlabel({"jpeg": "JPEG quality", "webp": "WebP quality", "blur": "blur sigma (px)"}[g])
             if g in ("jpeg", "webp"):
                 ax.invert_xaxis()

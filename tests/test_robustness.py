@@ -1,5 +1,6 @@
 """Resampling sensitivity and robustness sweeps: kernels, flips, the sweep on a fixed detector, the CLI."""
 import json
+import math
 import os
 
 import cv2
@@ -172,3 +173,33 @@ def test_the_check_resamples_only_the_window_its_centre_crop_needs():
     for p in (Perturbation(resize=0.9, antialias=False), Perturbation(resize=0.9, jpeg=95), Perturbation(blur=1.0),
               Perturbation(resize=0.7, resize_kernel="area")):  # the whole image, as before
         assert np.array_equal(center_crop_of(p, a, 32), center_crop(p(a), 32))
+
+
+def test_undefined_metrics_are_gaps_in_the_plots_not_points_at_zero(tmp_path, monkeypatch):
+    """A condition whose AP is undefined (one class left) is left out of the line, not drawn at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from fitgap.robustness import plot
+
+    drawn = []
+    real_plot = Axes.plot
+
+    def spy(self, x, y, *a, **k):
+        drawn.append(list(y))
+        return real_plot(self, x, y, *a, **k)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    row = {"ap": 0.9, "real_to_fake": 0.1, "fake_flip": 0.2, "acc": 0.8, "real_acc": 0.7, "fake_acc": 0.9}
+    result = {"title": "t", "conditions": [
+        {"name": "resize0.5-bilinear", "group": "resize:bilinear", "strength": 0.5},
+        {"name": "jpeg75", "group": "jpeg", "strength": 75}],
+        "mean": {"native": row, "resize0.5-bilinear": dict(row, ap=None), "jpeg75": dict(row, fake_acc=None)}}
+    written = plot(result, str(tmp_path))
+    assert [os.path.basename(p) for p in written] == ["resize_ap.png", "degrade.png"]
+    resize_ap, jpeg_fake_acc = drawn[0], drawn[6]  # resize: ap, r2f, flip; jpeg: ap, acc, real acc, fake acc
+    assert math.isnan(resize_ap[0]) and resize_ap[1] == pytest.approx(90.0)  # factor 0.5 undefined, 1.0 native
+    assert math.isnan(jpeg_fake_acc[0]) and jpeg_fake_acc[1] == pytest.approx(90.0)  # q75, then native
+    assert not any(v == 0 for line in drawn for v in line)
