@@ -224,7 +224,17 @@ def plot_tsne(points: np.ndarray, groups: List[str], path: str, title: str = "")
 
 def _device(name: str) -> torch.device:
     """--device auto | cpu | cuda."""
-    return torch.device("cuda" if (name == "auto" and torch.cuda.is_available()) or name == "cuda" else "cpu")
+    from .distributed import uses_cuda
+
+    return torch.device("cuda" if uses_cuda(name) else "cpu")
+
+
+def _normalization(cfg: Dict):
+    """(mean, std) the checkpoint's encoder was trained with (ImageNet's for a config without them)."""
+    from .pretrain import IMAGENET_MEAN, IMAGENET_STD
+
+    norm = cfg.get("normalize", {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    return norm["mean"], norm["std"]
 
 
 def run_similarity(args) -> Dict[int, float]:
@@ -239,8 +249,7 @@ def run_similarity(args) -> Dict[int, float]:
 
     device = _device(args.device)
     encoder, cfg = load_encoder(args.ckpt, device)
-    norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
-    mean, std = norm["mean"], norm["std"]
+    mean, std = _normalization(cfg)
     if args.patch + args.count - 1 > args.crop:
         raise InputError(f"--patch {args.patch} + --count {args.count} - 1 exceeds --crop {args.crop}")
     paths = list_images(args.images)
@@ -309,7 +318,7 @@ def run_tsne(args) -> str:
 
     device = _device(args.device)
     encoder, cfg = load_encoder(args.ckpt, device)
-    norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    mean, std = _normalization(cfg)
     rng = np.random.default_rng(args.seed)
     feats, groups = [], []
     sizes = [None] + [int(s) for s in args.rescale.split(",") if s.strip()] if args.rescale else [None]
@@ -321,7 +330,7 @@ def run_tsne(args) -> str:
             items = [it for it in sub.items if it[1] == label]
             items = [items[i] for i in sorted(rng.permutation(len(items))[:args.n])]
             for size in sizes:
-                for f in image_features(encoder, items, args.patch, norm["mean"], norm["std"], device, size):
+                for f in image_features(encoder, items, args.patch, mean, std, device, size):
                     if f is not None:
                         feats.append(f)
                         groups.append(f"{sub.name} {cls}" + ("" if size is None else f" @{size}"))
@@ -400,7 +409,7 @@ def run_transfer(args) -> Dict:
 
     device = _device(args.device)
     encoder, cfg = load_encoder(args.ckpt, device)
-    norm = cfg.get("normalize", {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    mean, std = _normalization(cfg)
     train = {s.name: s for s in load_benchmark(args.bench, args.root, args.train_split, [args.train_subset])}
     if train.get(args.train_subset) is None or train[args.train_subset].status != "ok":
         raise InputError(f"--train-subset: {args.train_subset!r} is missing or empty in {args.bench} "
@@ -415,7 +424,7 @@ def run_transfer(args) -> Dict:
     result = {"ckpt": args.ckpt, "bench": args.bench, "train": args.train_subset, "crop": args.crop,
               "train_overlap": overlap}
     for key, enc in (("encoder", encoder), ("initial", initial_encoder(cfg, device).eval())):
-        r = transfer_scores(enc, train[args.train_subset].items, tests, args.crop, norm["mean"], norm["std"], device)
+        r = transfer_scores(enc, train[args.train_subset].items, tests, args.crop, mean, std, device)
         r["unseen"] = _unseen(r["ap"], args.train_subset)
         result[key] = r
     if result["encoder"]["left_out"]:
