@@ -36,7 +36,7 @@ from .data import ImageError, decode_rgb, list_images
 from .detector import check_size, crop_size, load_detector, score_logits
 from .errors import InputError, MissingInput
 from .evaldata import Perturbation, center_crop, center_crop_of, resized_shape, stack_uint8, tiles
-from .models import min_input_side, min_side_for_backbone
+from .models import min_input_side, min_side_for_config
 from .progress import progress
 
 NON_FINITE = "non-finite score"
@@ -315,7 +315,7 @@ def load_scoring(ckpt_path: Optional[str], onnx_path: Optional[str], calibration
         if size not in (None, onnx.size):
             raise InputError(f"--size {size}: {onnx_path} was exported for {onnx.size}-px crops")
         cal = onnx.calibration if calibration is None else find_calibration(calibration, onnx_path)
-        return Scoring(onnx, onnx.size, min_side_for_backbone(onnx.encoder.get("backbone", "")), cal,
+        return Scoring(onnx, onnx.size, min_side_for_config(onnx.encoder), cal,
                        {"detector": os.path.abspath(onnx_path), "runtime": "onnxruntime", "encoder": onnx.encoder})
     info = D.init(device)
     model, cfg = load_detector(ckpt_path, info.device)
@@ -323,7 +323,8 @@ def load_scoring(ckpt_path: Optional[str], onnx_path: Optional[str], calibration
     logits_fn = lambda crops: score_logits(model, crops, info.device, mean=n["mean"], std=n["std"])  # noqa: E731
     return Scoring(logits_fn, crop_size(size, cfg), min_input_side(model), find_calibration(calibration, ckpt_path),
                    {"detector": os.path.abspath(ckpt_path), "runtime": f"torch ({info.device.type})",
-                    "encoder": {k: cfg["model"].get(k) for k in ("backbone", "highpass") if k in cfg["model"]}})
+                    "encoder": {k: cfg["model"].get(k) for k in ("backbone", "highpass", "trace_features")
+                                if k in cfg["model"]}})
 
 
 def main(args, out=sys.stdout) -> int:

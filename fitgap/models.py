@@ -76,6 +76,75 @@ class PhaseStats(nn.Module):
         return self.head(torch.log(self.phase_means(x) + 1e-3))
 
 
+class TraceStats(nn.Module):
+    """A branch beside the backbone that reads where in the rescaling period a patch sits, at the cost
+    of a few multiplications per pixel. Fixed part (no weights): the grey Laplacian residual r of the
+    input (the first three channels, which HighPass makes the residual) divided by its local RMS (over
+    LOCAL x LOCAL pixels, so that a few strong edges do not outweigh the rest of the patch), its products
+    with shifted copies of itself r(y, x) r(y + dy, x + dx) for the offsets in OFFSETS, divided by the
+    patch's mean energy, and averaged per ROW class (y mod s, over every column) and per COLUMN class
+    (x mod s, over every row): 2 s numbers per offset. Bilinear rescaling is separable, so where a row
+    sits in the period of p/q decides how it relates to its neighbours; the class means keep that and
+    average the photo content over every row (column) of a class. Learned part: a batch norm of those
+    numbers (affine=False: it only standardises), Linear to `num_features`, batch norm, ReLU.
+    A shift of the patch by q cyclically shifts the class means by q: the period-q pattern stays, its
+    position in the s classes is the phase."""
+
+    OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0))
+    EPS = 1e-6
+    LOCAL = 5    # window of the local RMS; 3 and 7 read the shrinks' phase less well at 32-64 px
+    FLOOR = 1e-4  # of the patch's mean energy, added to the local one: flat areas are not blown up
+
+    def __init__(self, block: int = 12, num_features: int = 256):
+        super().__init__()
+        if not (isinstance(block, int) and block >= 2):
+            raise InputError(f"model.trace_block: an integer >= 2 (the period of the position classes), got {block!r}")
+        if not (isinstance(num_features, int) and num_features >= 1):
+            raise InputError(f"model.trace_features: a positive integer, got {num_features!r}")
+        self.block, self.num_features = block, num_features
+        self.in_features = 2 * block * len(self.OFFSETS)
+        self.head = nn.Sequential(nn.BatchNorm1d(self.in_features, affine=False),
+                                  nn.Linear(self.in_features, num_features), nn.BatchNorm1d(num_features),
+                                  nn.ReLU(inplace=True))
+
+    @property
+    def min_side(self) -> int:
+        """The smallest input side: one full period of classes after the border and the offsets."""
+        return self.block + 6
+
+    def _classes(self, n: int, start: int, device) -> torch.Tensor:
+        """[n, s]: column k averages the positions i (patch pixel start + i) with (start + i) mod s == k."""
+        c = F.one_hot((torch.arange(n, device=device) + start) % self.block, self.block).float()
+        return c / c.sum(0).clamp_min(1.0)
+
+    def statistics(self, r: torch.Tensor) -> torch.Tensor:
+        """[N, 2 s len(OFFSETS)]: the fixed part, in float32 (the phase is a difference of a few per cent
+        between class means, below what bfloat16 keeps; autocast is turned off here)."""
+        with torch.autocast(r.device.type, enabled=False):
+            return self._statistics(r)
+
+    def _statistics(self, r: torch.Tensor) -> torch.Tensor:
+        g = r[:, :3].float().mean(1, keepdim=True)[..., 1:-1, 1:-1]  # HighPass pads by 1: drop that border
+        h, w = g.shape[-2:]
+        if h - 2 < self.block or w - 4 < self.block:
+            raise InputError(f"model.trace_features: inputs of {h + 2}x{w + 2} px are too small for the trace "
+                             f"branch (period {self.block}: at least {self.min_side} px a side)")
+        e = g.pow(2)
+        local = F.avg_pool2d(e, self.LOCAL, 1, self.LOCAL // 2, count_include_pad=False)
+        g = (g * torch.rsqrt(local + self.FLOOR * e.mean((2, 3), keepdim=True) + self.EPS))[:, 0]
+        energy = g.pow(2).mean((1, 2), keepdim=True) + self.EPS
+        a = g[:, : h - 2, 2: w - 2]  # anchors: patch rows 1.., columns 3..; every offset stays inside
+        rows, cols = self._classes(h - 2, 1, g.device), self._classes(w - 4, 3, g.device)
+        out = []
+        for dy, dx in self.OFFSETS:
+            prod = a * g[:, dy: h - 2 + dy, 2 + dx: w - 2 + dx] / energy
+            out += [prod.mean(2) @ rows, prod.mean(1) @ cols]
+        return torch.cat(out, 1)
+
+    def forward(self, r):
+        return self.head(self.statistics(r))
+
+
 def _phase_stats(block):
     def create(pretrained=False, **kwargs):
         if pretrained:
@@ -101,7 +170,8 @@ def _first_conv(model: nn.Module) -> Optional[nn.Conv2d]:
 
 def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = None,
                   stem_stride: Optional[int] = None, highpass: bool = False,
-                  stem_pool: bool = True, pool_grid: int = 1, highpass_norm: bool = False) -> nn.Module:
+                  stem_pool: bool = True, pool_grid: int = 1, highpass_norm: bool = False,
+                  trace_features: int = 0, trace_block: int = 12) -> nn.Module:
     """timm backbone with num_classes=0 (pooled features); `.num_features` is set on the result.
 
     pretrained=True is refused (nothing is downloaded at run time): give a local `weights` file.
@@ -110,7 +180,8 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
     periodic rescaling pattern that the first layers could otherwise see. pool_grid=k > 1 averages
     the final feature map into a k x k grid and flattens it (features x k^2) instead of one global
     average: cells 2^n px apart hold different phases of a period-3 pattern, and a global average
-    mixes them."""
+    mixes them. trace_features=n > 0 adds a TraceStats branch of n features (period trace_block) beside the
+    backbone's pooled features; it reads the Laplacian residual, so it needs highpass=True."""
     if pretrained:
         raise InputError("model.pretrained: weights are never downloaded; set model.weights to a "
                          "local state_dict file instead")
@@ -145,31 +216,48 @@ def build_encoder(name: str, pretrained: bool = False, weights: Optional[str] = 
         raise InputError(f"model.pool_grid: a positive integer, got {pool_grid!r}")
     if pool_grid > 1 and not hasattr(backbone, "forward_features"):
         raise InputError(f"model.pool_grid: {name} has no forward_features (a feature map) to pool on a grid")
-    return Encoder(backbone, highpass, pool_grid, highpass_norm)
+    trace = None
+    if not (isinstance(trace_features, int) and not isinstance(trace_features, bool) and trace_features >= 0):
+        raise InputError(f"model.trace_features: 0 (no trace branch) or a positive integer, got {trace_features!r}")
+    if trace_features:
+        if not highpass:
+            raise InputError("model.trace_features: the trace branch reads the Laplacian residual; it needs "
+                             "model.highpass: true")
+        trace = TraceStats(trace_block, trace_features)
+    return Encoder(backbone, highpass, pool_grid, highpass_norm, trace)
 
 
 class Encoder(nn.Module):
-    """Optional fixed input filter + timm backbone -> pooled features [N, num_features]."""
+    """Optional fixed input filter + timm backbone -> pooled features [N, num_features], followed by the
+    trace branch's features when there is one."""
 
-    def __init__(self, backbone: nn.Module, highpass: bool = False, pool_grid: int = 1, highpass_norm: bool = False):
+    def __init__(self, backbone: nn.Module, highpass: bool = False, pool_grid: int = 1, highpass_norm: bool = False,
+                 trace: Optional[TraceStats] = None):
         super().__init__()
         if highpass_norm and not highpass:
             raise InputError("model.highpass_norm: normalises the Laplacian residual; it needs model.highpass: true")
         self.prefilter = HighPass(normalize=highpass_norm) if highpass else nn.Identity()
         self.backbone = backbone
         self.pool_grid = pool_grid
+        self.trace = trace
         # timm's num_features is not always what forward() returns (MobileNetV3's head): measure it.
         with torch.no_grad():
             was = backbone.training
             backbone.eval()
+            if trace is not None:
+                trace.eval()
             self.num_features = int(self(torch.zeros(1, 3, 64, 64)).shape[1])
             backbone.train(was)
+            if trace is not None:
+                trace.train(was)
 
     def forward(self, x):
+        r = self.prefilter(x)
         if self.pool_grid == 1:
-            return self.backbone(self.prefilter(x))
-        f = self.backbone.forward_features(self.prefilter(x))
-        return F.adaptive_avg_pool2d(f, self.pool_grid).flatten(1)
+            f = self.backbone(r)
+        else:
+            f = F.adaptive_avg_pool2d(self.backbone.forward_features(r), self.pool_grid).flatten(1)
+        return f if self.trace is None else torch.cat([f, self.trace(r).to(f.dtype)], 1)
 
 
 def encoder_from_config(model_cfg, load_weights: bool = True) -> nn.Module:
@@ -179,7 +267,8 @@ def encoder_from_config(model_cfg, load_weights: bool = True) -> nn.Module:
     return build_encoder(model_cfg["backbone"], model_cfg.get("pretrained", False),
                          model_cfg.get("weights") if load_weights else None, model_cfg.get("stem_stride"),
                          model_cfg.get("highpass", False), model_cfg.get("stem_pool", True),
-                         model_cfg.get("pool_grid", 1), highpass_mode(model_cfg))
+                         model_cfg.get("pool_grid", 1), highpass_mode(model_cfg),
+                         model_cfg.get("trace_features", 0), model_cfg.get("trace_block", 12))
 
 
 def highpass_mode(model_cfg) -> object:
@@ -201,10 +290,21 @@ def min_side_for_backbone(name: str) -> int:
     return int(m.group(1)) if m else 1
 
 
+def min_side_for_config(model_cfg) -> int:
+    """min_input_side from an encoder's model config alone (an exported model carries it): the backbone's
+    (min_side_for_backbone) or, with a trace branch, one period of its classes, whichever is larger."""
+    side = min_side_for_backbone(model_cfg.get("backbone", ""))
+    if model_cfg.get("trace_features"):
+        side = max(side, int(model_cfg.get("trace_block", 12)) + 6)  # TraceStats.min_side
+    return side
+
+
 def min_input_side(model: nn.Module) -> int:
     """The smallest crop side `model` accepts: the phase-statistics encoder needs at least one block
-    (s x s pixels); the timm backbones take any size."""
-    return max([m.block for m in model.modules() if isinstance(m, PhaseStats)] + [1])
+    (s x s pixels), the trace branch one period of classes (TraceStats.min_side); the timm backbones take
+    any size."""
+    return max([m.block for m in model.modules() if isinstance(m, PhaseStats)]
+               + [m.min_side for m in model.modules() if isinstance(m, TraceStats)] + [1])
 
 
 class ContrastiveModel(nn.Module):

@@ -45,7 +45,8 @@ DEFAULTS: Dict[str, Any] = {
              "grid": 2, "quantize": True},
     "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
     "model": {"backbone": "legacy_xception", "pretrained": False, "weights": None,
-              "stem_stride": None, "stem_pool": True, "pool_grid": 1, "highpass": False, "highpass_norm": False, "highpass_both": False, "proj_hidden": 2048, "proj_dim": 128},
+              "stem_stride": None, "stem_pool": True, "pool_grid": 1, "highpass": False, "highpass_norm": False, "highpass_both": False,
+              "trace_features": 0, "trace_block": 12, "proj_hidden": 2048, "proj_dim": 128},
     # base_temperature: null = the temperature (loss values then are t_base/t = 1.43x below those of
     # SupContrast's default base 0.07 at temperature 0.1; set 0.07 to log comparable numbers)
     "loss": {"temperature": 0.1, "base_temperature": None, "gather": True},

@@ -63,7 +63,9 @@ def write_odd_images(folder):
 
 def detector_ckpt(path, backbone, patch, **model):
     torch.manual_seed(0)
-    enc = build_encoder(backbone, highpass=model.get("highpass", False))
+    both, trace = model.get("highpass_both", False), model.get("trace_features", 0)
+    enc = build_encoder(backbone, highpass=model.get("highpass", False), highpass_norm="both" if both else False,
+                        trace_features=trace)
     det = Detector(enc).eval()
     with torch.no_grad():  # batch-norm statistics away from their defaults, so the export must carry them
         for m in det.modules():
@@ -71,7 +73,8 @@ def detector_ckpt(path, backbone, patch, **model):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
     cfg = {"model": {"backbone": backbone, "pretrained": False, "weights": None, "stem_stride": None,
-                     "stem_pool": True, "highpass": model.get("highpass", False), "pool_grid": 1},
+                     "stem_pool": True, "highpass": model.get("highpass", False), "pool_grid": 1,
+                     "highpass_both": both, "trace_features": trace},
            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
            "patch": patch, "eval": {"size": patch}}
     ckpt.atomic_save({"model": det.state_dict(), "config": cfg, "kind": "detector"}, str(path))

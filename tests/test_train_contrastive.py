@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["device=cpu", "model.backbone=test_resnet", "model.proj_hidden=32", "model.proj_dim=16",
         "plan.patch=8", "ratios.list=[3/2, 4/3, 5/4]", "data.min_side=40", "data.workers=0",
         "train.amp=none", "train.channels_last=false", "optim.lr=1e-3", "optim.warmup_steps=2",
-        "train.log_every=1"]
+        "train.log_every=1", "model.trace_features=0"]  # 8-px patches: below the trace branch's 18 px
 
 
 def run_cmd(args, env_extra=None, **kw):
@@ -62,7 +62,9 @@ def test_torchrun_two_ranks(images, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
            "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY, f"data.train={images}",
            f"out_dir={out}", "name=ddp", "train.batch=32", "train.steps_per_epoch=2", "train.epochs=2",
-           "train.ckpt_every=1", "probe.images=null"]
+           "train.ckpt_every=1", "probe.images=null",
+           # the demo's trace branch (its batch norms) on both ranks: 24-px patches, the least it takes + 6
+           "plan.patch=24", "model.trace_features=8", "data.min_side=64"]
     r = run_cmd(cmd, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     records = read_log(os.path.join(out, "ddp", "log.jsonl"))
@@ -72,6 +74,7 @@ def test_torchrun_two_ranks(images, tmp_path):
     assert sorted(losses(records)) == [1, 2, 3, 4]
     ck = torch.load(os.path.join(out, "ddp", "checkpoint.pt"), weights_only=True)
     assert ck["step"] == 4 and isinstance(ck["config"], dict) and ck["config"]["name"] == "ddp"
+    assert ck["config"]["model"]["trace_features"] == 8 and any(k.startswith("encoder.trace.") for k in ck["model"])
     assert os.path.exists(os.path.join(out, "ddp", "config.yaml"))
 
 
