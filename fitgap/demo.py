@@ -58,6 +58,14 @@ def eval_crop(finetune_config: str = FINETUNE_CONFIG) -> int:
     return int(cfg["eval"]["size"] or cfg["patch"])
 
 
+def pretrain_patch(pretrain_config: str = PRETRAIN_CONFIG) -> int:
+    """The patch side the demo encoder is pre-trained (and probed) at: plan.patch of the pre-training config."""
+    from . import config as C
+    from .pretrain import DEFAULTS
+
+    return int(C.load_config(pretrain_config, [], DEFAULTS)["plan"]["patch"])
+
+
 def sh(*args: str) -> None:
     print("+ " + " ".join(args), flush=True)
     subprocess.run([sys.executable, *args], check=True)
@@ -201,10 +209,11 @@ def main(argv=None) -> None:
     timings["shortcut checks"] = time.time() - t
 
     t = time.time()
+    patch = pretrain_patch()  # patches of the pre-training size, at every diagonal offset 0-63
     sh("-m", "fitgap.analysis", "similarity", "--ckpt", pre, "--images", os.path.join(".cache", "photos", "heldout"),
-       "--crop", "96", "--patch", "32", "--count", "64", "--out", RUN, "--device", "cpu")
+       "--crop", str(patch + 64), "--patch", str(patch), "--count", "64", "--out", RUN, "--device", "cpu")
     sh("-m", "fitgap.analysis", "tsne", "--ckpt", os.path.join(RUN, "finetune", "best.pt"), "--bench", "mini",
-       "--split", "test", "--patch", "64", "--n", "40", "--rescale", "48", "--out", RUN, "--device", "cpu")
+       "--split", "test", "--patch", str(eval_crop()), "--n", "40", "--rescale", "48", "--out", RUN, "--device", "cpu")
     timings["analysis"] = time.time() - t
 
     probe = [r for r in _read_jsonl(os.path.join(RUN, "pretrain", "log.jsonl")) if "probe" in r]
@@ -250,7 +259,7 @@ def main(argv=None) -> None:
     with open(os.path.join(RUN, "similarity.json")) as f:
         bands = json.load(f)["per_q"]
     lines += ["## What the encoders see", "",
-              "Cosine similarity of 32-px patches along the diagonal of held-out photos rescaled by each "
+              f"Cosine similarity of {patch}-px patches along the diagonal of held-out photos rescaled by each "
               "ratio, and as they are (pre-trained encoder; bands parallel to the diagonal at multiples of "
               "q mean phase sensitivity). Band number per q, mean over the ratios with that q; its excess "
               "over the photos as they are (no trace) is the part that reads the rescaling:", "",

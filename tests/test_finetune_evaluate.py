@@ -434,6 +434,16 @@ def test_demo_frozen_transfer_uses_the_detectors_evaluation_crop(tmp_path):
     assert eval_crop(str(cfg)) == 40
 
 
+def test_demo_similarity_map_uses_the_pretraining_patch(tmp_path):
+    """The demo draws the patch-similarity map at the size the encoder was pre-trained and probed at."""
+    from fitgap.demo import pretrain_patch
+
+    assert pretrain_patch(os.path.join(ROOT, "configs", "demo_pretrain.yaml")) == 32
+    cfg = tmp_path / "pre.yaml"
+    cfg.write_text("plan: {patch: 64}\n")
+    assert pretrain_patch(str(cfg)) == 64
+
+
 def test_demo_scratch_ablation_trains_the_pretraining_architecture():
     from fitgap import config as C
     from fitgap.demo import scratch_overrides
