@@ -21,7 +21,7 @@ from .data import summarize_skipped
 from .detector import load_pretrained_encoder
 from .evaldata import Perturbation, TrainCrops, collate_train
 from .evaluate import _fmt, evaluate_subsets, format_markdown
-from .models import Detector, encoder_from_config
+from .models import Detector, check_encoder_config, encoder_from_config
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_train_common
@@ -236,6 +236,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     info = D.init(cfg["device"])
     check(cfg, info.world_size)
     cfg = resolve_config(cfg)
+    check_encoder_config(cfg["model"], {"patch": cfg["patch"], "eval.size": cfg["eval"]["size"] or cfg["patch"]})
     train_items, val_subsets = build_data(cfg)
     run_dir = start_run(cfg, info.is_main, "last.pt", RESUME_SAME,
                         f"{len(train_items)} training images ({cfg['mode']}, init {cfg['init'] or 'scratch'}); "

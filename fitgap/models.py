@@ -299,6 +299,24 @@ def min_side_for_config(model_cfg) -> int:
     return side
 
 
+def check_encoder_config(model_cfg, sides) -> None:
+    """Refuse, before any work starts, the trace options of a wrong type, the trace branch without
+    model.highpass, and any input side (sides: {config key: pixels}) smaller than the encoder takes."""
+    from . import config as C
+
+    tf, tb = model_cfg.get("trace_features", 0), model_cfg.get("trace_block", 12)
+    C.require(isinstance(tf, int) and not isinstance(tf, bool) and tf >= 0, "model.trace_features",
+              f"0 (no trace branch) or a positive integer, got {tf!r}")
+    C.require(isinstance(tb, int) and not isinstance(tb, bool) and tb >= 2, "model.trace_block",
+              f"an integer >= 2, got {tb!r}")
+    C.require(not tf or model_cfg.get("highpass", False), "model.trace_features",
+              "the trace branch reads the Laplacian residual; it needs model.highpass: true")
+    need = min_side_for_config(model_cfg)
+    for key, side in sides.items():
+        C.require(side >= need, key, f"{side} px is smaller than the encoder takes ({need} px a side with "
+                                     f"model.backbone={model_cfg.get('backbone')!r}, model.trace_features={tf})")
+
+
 def min_input_side(model: nn.Module) -> int:
     """The smallest crop side `model` accepts: the phase-statistics encoder needs at least one block
     (s x s pixels), the trace branch one period of classes (TraceStats.min_side); the timm backbones take

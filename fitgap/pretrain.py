@@ -21,7 +21,7 @@ from .evaldata import op_normalization
 from .data import PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned, summarize_skipped
 from .index import broadcast_index, index_for_run
 from .losses import supcon_loss
-from .models import ContrastiveModel, encoder_from_config
+from .models import ContrastiveModel, check_encoder_config, encoder_from_config
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .plan import PlanSpec, max_window
 from .ratios import format_ratio, ratios_from_config
@@ -87,6 +87,7 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
               f"patches of {spec.patch} px need source windows up to {window} px, larger than "
               f"data.min_side={cfg['data']['min_side']} (the smallest image side the data is meant "
               "to have; smaller images are skipped)")
+    check_encoder_config(cfg["model"], {"plan.patch": spec.patch})
     C.require(t["amp"] in ("bf16", "fp16", "none"), "train.amp", f"bf16, fp16 or none, got {t['amp']!r}")
     C.require(t["epochs"] >= 1, "train.epochs", "must be >= 1")
     C.require(t["steps_per_epoch"] is None or t["steps_per_epoch"] >= 1, "train.steps_per_epoch",
