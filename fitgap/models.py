@@ -246,7 +246,8 @@ class Encoder(nn.Module):
             backbone.eval()
             if trace is not None:
                 trace.eval()
-            self.num_features = int(self(torch.zeros(1, 3, 64, 64)).shape[1])
+            side = max(64, trace.min_side if trace is not None else 0)  # a trace_block above 58 needs more
+            self.num_features = int(self(torch.zeros(1, 3, side, side)).shape[1])
             backbone.train(was)
             if trace is not None:
                 trace.train(was)

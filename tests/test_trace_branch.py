@@ -86,6 +86,8 @@ def test_encoder_with_a_trace_branch():
             enc(torch.randn(1, 3, 64, 17))
     with pytest.raises(InputError, match="needs model.highpass"):
         build_encoder("resnet10t", trace_features=8)
+    wide = build_encoder("test_resnet", highpass=True, trace_features=4, trace_block=64)  # its period > 58 px
+    assert min_input_side(wide) == 70 and wide.num_features == build_encoder("test_resnet").num_features + 4
     for bad, key in ((dict(trace_features=-1), "trace_features"), (dict(trace_features=8, trace_block=1), "trace_block")):
         with pytest.raises(InputError, match=key):
             build_encoder("resnet10t", highpass=True, **bad)
