@@ -93,7 +93,7 @@ def test_encoder_with_a_trace_branch():
             build_encoder("resnet10t", highpass=True, **bad)
 
 
-def test_configs_too_small_for_the_trace_branch_are_refused_before_any_work():
+def test_configs_too_small_for_the_trace_branch_are_refused_before_any_work(tmp_path):
     """Pre-training checks plan.patch against the encoder's smallest side, fine-tuning its crops, with
     the key named; the branch without the residual input is refused the same way."""
     from fitgap import config as C
@@ -101,11 +101,12 @@ def test_configs_too_small_for_the_trace_branch_are_refused_before_any_work():
     from fitgap.pretrain import DEFAULTS, build_spec
 
     demo = "configs/demo_pretrain.yaml"
-    build_spec(C.load_config(demo, ["model.trace_features=256"], DEFAULTS), 1)  # 32 px: enough
+    data = [f"data.train={tmp_path}", "probe.images=null"]  # a folder that exists: the photos need a demo run
+    build_spec(C.load_config(demo, [*data, "model.trace_features=256"], DEFAULTS), 1)  # 32 px: enough
     with pytest.raises(C.ConfigError, match="plan.patch: 16 px is smaller than the encoder takes"):
-        build_spec(C.load_config(demo, ["model.trace_features=256", "plan.patch=16"], DEFAULTS), 1)
+        build_spec(C.load_config(demo, [*data, "model.trace_features=256", "plan.patch=16"], DEFAULTS), 1)
     with pytest.raises(C.ConfigError, match="model.trace_features: the trace branch reads the Laplacian"):
-        build_spec(C.load_config(demo, ["model.trace_features=8", "model.highpass=false",
+        build_spec(C.load_config(demo, [*data, "model.trace_features=8", "model.highpass=false",
                                         "model.highpass_both=false"], DEFAULTS), 1)
     model = {"backbone": "resnet10t", "highpass": True, "trace_features": 16, "trace_block": 12}
     check_encoder_config(model, {"patch": 32, "eval.size": 64})
