@@ -107,10 +107,15 @@ class TraceStats(nn.Module):
                                   nn.Linear(self.in_features, num_features), nn.BatchNorm1d(num_features),
                                   nn.ReLU(inplace=True))
 
+    @staticmethod
+    def side_for(block: int) -> int:
+        """The smallest input side for period `block`: one full period of classes after the border and the
+        offsets."""
+        return block + 6
+
     @property
     def min_side(self) -> int:
-        """The smallest input side: one full period of classes after the border and the offsets."""
-        return self.block + 6
+        return self.side_for(self.block)
 
     def _classes(self, n: int, start: int, device) -> torch.Tensor:
         """[n, s]: column k averages the positions i (patch pixel start + i) with (start + i) mod s == k."""
@@ -296,7 +301,7 @@ def min_side_for_config(model_cfg) -> int:
     (min_side_for_backbone) or, with a trace branch, one period of its classes, whichever is larger."""
     side = min_side_for_backbone(model_cfg.get("backbone", ""))
     if model_cfg.get("trace_features"):
-        side = max(side, int(model_cfg.get("trace_block", 12)) + 6)  # TraceStats.min_side
+        side = max(side, TraceStats.side_for(int(model_cfg.get("trace_block", 12))))
     return side
 
 
