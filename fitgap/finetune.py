@@ -21,7 +21,8 @@ from .data import summarize_skipped
 from .detector import load_pretrained_encoder
 from .evaldata import Perturbation, TrainCrops, collate_train
 from .evaluate import _fmt, evaluate_subsets, format_markdown
-from .models import Detector, check_encoder_config, encoder_from_config
+from .models import SCORES, Detector, check_encoder_config, encoder_from_config
+from .realdist import MIN_REALS
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
 from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_train_common
@@ -51,6 +52,10 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"epochs": 10, "linear_epochs": 0, "batch": 64, "max_steps": None, "amp": "bf16", "channels_last": True,
               "compile": False, "sync_bn": False, "log_every": 10, "threads": None, "deterministic": True},
     "eval": {"size": None, "crop": "center", "batch": 32},
+    # score: what the detector's logit is. head: the trained Linear head (the paper's). distance: how far
+    # the image's features lie from those of the training split's reals (fitgap.realdist, fitted on
+    # best.pt's encoder when training ends; the head is still what trains and what picks best.pt)
+    "score": "head",
 }
 
 
@@ -73,6 +78,7 @@ def check(cfg: Dict[str, Any], world_size: int) -> None:
               "only with mode: full (linear and fewshot modes train as they are)")
     C.require(cfg["eval"]["crop"] in ("center", "tiles"), "eval.crop", "center or tiles")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    C.require(cfg["score"] in SCORES, "score", f"one of {', '.join(SCORES)}, got {cfg['score']!r}")
     check_train_common(cfg)
 
 
@@ -118,6 +124,9 @@ def build_data(cfg: Dict[str, Any]):
         val_subsets.append(type(s)(s.name, va, "ok" if va else "empty"))
     if not train:
         raise C.ConfigError("data: no training images")
+    if cfg["score"] == "distance" and sum(label == 0 for _, label in train) < MIN_REALS:
+        raise C.ConfigError(f"score: distance is fitted on the training split's real images; it holds "
+                            f"{sum(label == 0 for _, label in train)}, at least {MIN_REALS} are needed")
     return train, val_subsets
 
 
@@ -329,4 +338,50 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
             chosen = (f"val AP {100 * state['best_ap']:.1f}, the first epoch to reach it" if state["best_ap"] > NO_VAL_AP
                       else "the latest: no epoch had a validation AP, no validation subset holds both classes")
             print(f"best.pt: epoch {state['best_epoch']} ({chosen}); last.pt: epoch {state['epoch'] - 1}", flush=True)
+        best = os.path.join(run_dir, "best.pt")
+        if os.path.isfile(best):
+            fit = settle_score(best, cfg, train_items, val_subsets, info.device)
+            if fit is not None:
+                log.write({"step": state["step"], "distance_fit": fit})
+                result["distance_fit"] = fit
+    D.barrier()
     return result
+
+
+def settle_score(path: str, cfg: Dict[str, Any], train_items, val_subsets, device) -> Optional[Dict[str, Any]]:
+    """Make best.pt's logit the config's `score`. distance: fit the real distance on best.pt's encoder
+    (the training split's reals, centred on the validation split's) and write it into best.pt, once:
+    a resumed run that finds it fitted keeps it. head: drop a distance an earlier run fitted. Returns
+    what was fitted (None for head)."""
+    from .realdist import distance_ap, fit_detector_distance
+
+    saved = ckpt.load(path)
+    has = any(k.startswith("distance.") for k in saved["model"])
+    if cfg["score"] == "head":
+        if has or saved["config"].get("score", "head") != "head":
+            saved["model"] = {k: v for k, v in saved["model"].items() if not k.startswith("distance.")}
+            saved["config"]["score"] = "head"
+            saved.pop("distance_fit", None)
+            ckpt.atomic_save(saved, path)
+            print("best.pt: the distance fitted earlier is dropped (score: head)", flush=True)
+        return None
+    if has and saved["config"].get("score") == "distance" and "distance_fit" in saved:
+        print(f"best.pt: score distance, fitted earlier ({saved['distance_fit']['reals']} reals)", flush=True)
+        return saved["distance_fit"]
+    model = Detector(encoder_from_config(saved["config"]["model"], load_weights=False))
+    model.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith("distance.")})
+    model.to(device)
+    crop = cfg["eval"]["size"] or cfg["patch"]
+    n = cfg["normalize"]
+    held = [it for s in val_subsets for it in s.items]
+    fit = fit_detector_distance(model, train_items, held, crop, n["mean"], n["std"], device, cfg["seed"])
+    fit["val_ap"] = distance_ap(model, held, crop, n["mean"], n["std"], device)
+    saved["model"] = model.state_dict()
+    saved["config"]["score"] = "distance"
+    saved["distance_fit"] = fit
+    ckpt.atomic_save(saved, path)
+    print(f"best.pt: score distance fitted on {fit['reals']} real training images ({crop}-px centre crops), "
+          f"centred on {fit['heldout_reals']} held-out reals ({fit['centred_on']}); val AP of the distance "
+          f"{_fmt(fit['val_ap'])}" + (f"; {fit['left_out']} images left out (unreadable or under {crop} px)"
+                                      if fit["left_out"] else ""), flush=True)
+    return fit

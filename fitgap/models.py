@@ -345,13 +345,44 @@ class ContrastiveModel(nn.Module):
         return F.normalize(self.head(self.encoder(x)).float(), dim=1)
 
 
-class Detector(nn.Module):
-    """encoder -> Linear(features, 1): the logit of P(fake)."""
+class RealDistance(nn.Module):
+    """How far a feature vector lies from the features of the real images a detector was fine-tuned
+    on, as a logit: the Mahalanobis distance d under a Gaussian fitted to those reals (shrunk covariance,
+    Ledoit-Wolf; W with W^T W = its inverse), read as (log d - center) / scale, where center and scale
+    come from held-out reals (logit 0 at the distance 95 % of them stay under). Two-sided: fakes that
+    differ from the reals in any direction of the feature space score high, including directions
+    opposite to the one that separates the fakes fine-tuned on. Fitted by fitgap.realdist."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("whiten", torch.eye(dim))
+        self.register_buffer("center", torch.zeros(()))
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, f):
+        with torch.autocast(f.device.type, enabled=False):  # a small distance's log needs float32
+            z = (f.float() - self.mean) @ self.whiten.t()
+            d2 = (z * z).sum(1)
+            return (0.5 * torch.log(d2 + 1e-12) - self.center) / self.scale
+
+
+SCORES = ("head", "distance")
+
+
+class Detector(nn.Module):
+    """encoder -> Linear(features, 1): the logit of P(fake). With `distance` (a fitted RealDistance,
+    the fine-tuning's `score: distance`), the logit is the features' distance from the training
+    reals instead; the head is still what fine-tuning trains."""
+
+    def __init__(self, encoder: nn.Module, distance: Optional[RealDistance] = None):
         super().__init__()
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.num_features, 1)
+        self.distance = distance
 
     def forward(self, x):
-        return self.classifier(self.encoder(x)).squeeze(1)
+        f = self.encoder(x)
+        if self.distance is not None:
+            return self.distance(f)
+        return self.classifier(f).squeeze(1)

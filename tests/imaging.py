@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fitgap import checkpoint as ckpt
-from fitgap.models import Detector, build_encoder
+from fitgap.models import Detector, RealDistance, build_encoder
 
 
 def smooth_noise(h, w, seed):
@@ -66,16 +66,22 @@ def detector_ckpt(path, backbone, patch, **model):
     both, trace = model.get("highpass_both", False), model.get("trace_features", 0)
     enc = build_encoder(backbone, highpass=model.get("highpass", False), highpass_norm="both" if both else False,
                         trace_features=trace)
-    det = Detector(enc).eval()
+    distance = RealDistance(enc.num_features) if model.get("distance") else None
+    det = Detector(enc, distance).eval()
     with torch.no_grad():  # batch-norm statistics away from their defaults, so the export must carry them
         for m in det.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
+        if distance is not None:  # a fitted distance's buffers, away from the identity
+            distance.mean.normal_()
+            distance.whiten.copy_(torch.eye(enc.num_features) + 0.1 * torch.randn(enc.num_features, enc.num_features))
+            distance.center.fill_(1.5)
+            distance.scale.fill_(0.7)
     cfg = {"model": {"backbone": backbone, "pretrained": False, "weights": None, "stem_stride": None,
                      "stem_pool": True, "highpass": model.get("highpass", False), "pool_grid": 1,
                      "highpass_both": both, "trace_features": trace},
            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-           "patch": patch, "eval": {"size": patch}}
+           "patch": patch, "eval": {"size": patch}, "score": "distance" if distance is not None else "head"}
     ckpt.atomic_save({"model": det.state_dict(), "config": cfg, "kind": "detector"}, str(path))
     return det, cfg

@@ -15,16 +15,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 onnxruntime = pytest.importorskip("onnxruntime")  # a listed requirement: present wherever `make test` ran
 
 
-@pytest.mark.parametrize("backbone,size,highpass,trace", [("resnet10t", 64, True, 0), ("test_resnet", 32, False, 0),
-                                                          ("fitgap_phase_stats12", 48, True, 0),
-                                                          ("resnet10t", 64, True, 16)])  # the demo's encoder
-def test_onnx_logits_equal_pytorch_on_any_batch(tmp_path, backbone, size, highpass, trace):
+@pytest.mark.parametrize("backbone,size,highpass,trace,distance", [
+    ("resnet10t", 64, True, 0, False), ("test_resnet", 32, False, 0, False), ("fitgap_phase_stats12", 48, True, 0, False),
+    ("resnet10t", 64, True, 16, False),
+    ("resnet10t", 64, True, 0, True)])  # the demo's encoder, its logit the distance from the training reals
+def test_onnx_logits_equal_pytorch_on_any_batch(tmp_path, backbone, size, highpass, trace, distance):
     from fitgap.evaldata import normalize_uint8
     from fitgap.export import OnnxDetector, export
     from fitgap.models import min_input_side, min_side_for_config
 
     det, cfg = detector_ckpt(tmp_path / "best.pt", backbone, size, highpass=highpass, highpass_both=bool(trace),
-                             trace_features=trace)
+                             trace_features=trace, distance=distance)
+    assert (det.distance is not None) == distance
     assert min_side_for_config(cfg["model"]) == min_input_side(det.encoder) == (18 if trace else 12 if "phase" in backbone else 1)
     meta = export(str(tmp_path / "best.pt"), str(tmp_path / "d.onnx"))
     assert meta["fitgap.crop_size"] == str(size) and json.loads(meta["fitgap.mean"]) == cfg["normalize"]["mean"]

@@ -64,7 +64,7 @@ def finetune_args(tree, out, name, init, *extra):
     return ["finetune.py", "--config", "configs/demo_finetune.yaml", f"name={name}", f"out_dir={out}",
             f"init={init}", "data.bench=folder", f"data.root={tree}", "data.subsets=[a]", "data.workers=0",
             "patch=16", "eval.size=32", "train.epochs=2", "train.batch=4", "device=cpu",
-            "model.backbone=test_resnet", *extra]
+            "model.backbone=test_resnet", "score=head", *extra]
 
 
 def test_linear_probe_keeps_encoder_frozen(tree, pretrained, tmp_path):
