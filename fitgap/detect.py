@@ -316,7 +316,8 @@ def load_scoring(ckpt_path: Optional[str], onnx_path: Optional[str], calibration
             raise InputError(f"--size {size}: {onnx_path} was exported for {onnx.size}-px crops")
         cal = onnx.calibration if calibration is None else find_calibration(calibration, onnx_path)
         return Scoring(onnx, onnx.size, min_side_for_config(onnx.encoder), cal,
-                       {"detector": os.path.abspath(onnx_path), "runtime": "onnxruntime", "encoder": onnx.encoder})
+                       {"detector": os.path.abspath(onnx_path), "runtime": "onnxruntime", "encoder": onnx.encoder,
+                        "score": onnx.score})
     info = D.init(device)
     model, cfg = load_detector(ckpt_path, info.device)
     n = cfg["normalize"]
@@ -324,7 +325,8 @@ def load_scoring(ckpt_path: Optional[str], onnx_path: Optional[str], calibration
     return Scoring(logits_fn, crop_size(size, cfg), min_input_side(model), find_calibration(calibration, ckpt_path),
                    {"detector": os.path.abspath(ckpt_path), "runtime": f"torch ({info.device.type})",
                     "encoder": {k: cfg["model"].get(k) for k in ("backbone", "highpass", "trace_features")
-                                if k in cfg["model"]}})
+                                if k in cfg["model"]},
+                    "score": cfg.get("score", "head")})
 
 
 def main(args, out=sys.stdout) -> int:

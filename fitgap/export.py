@@ -49,7 +49,8 @@ def metadata(cfg: Dict[str, Any], ckpt: str, size: int, calibration: Optional[Di
                             "the border); an image's logit is the mean over its crops",
             "fitgap.output": "logit per crop; P(fake) = sigmoid(mean logit / temperature)",
             "fitgap.crop_size": str(size), "fitgap.mean": json.dumps(n["mean"]), "fitgap.std": json.dumps(n["std"]),
-            "fitgap.encoder": json.dumps(cfg["model"]), "fitgap.checkpoint": os.path.abspath(ckpt)}
+            "fitgap.encoder": json.dumps(cfg["model"]), "fitgap.checkpoint": os.path.abspath(ckpt),
+            "fitgap.score": cfg.get("score", "head")}
     if calibration is not None:
         meta["fitgap.calibration"] = json.dumps({k: calibration.get(k) for k in ("temperature", "thresholds",
                                                                                   "targets")})
@@ -107,6 +108,7 @@ class OnnxDetector:
         self.size = int(meta["fitgap.crop_size"])
         self.calibration = json.loads(meta["fitgap.calibration"]) if "fitgap.calibration" in meta else None
         self.encoder = json.loads(meta.get("fitgap.encoder", "{}"))
+        self.score = meta.get("fitgap.score", "head")  # what the logit is (models.SCORES)
 
     def __call__(self, crops: List[torch.Tensor], max_crops: int = MAX_CROPS) -> List[float]:
         def forward(x):

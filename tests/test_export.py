@@ -69,3 +69,19 @@ def test_detect_answers_the_same_from_the_checkpoint_and_the_onnx_file(tmp_path)
         assert x["path"] == y["path"] and x["verdict"] == y["verdict"] and x["calibrated"] and y["calibrated"]
         assert abs(x["p_fake"] - y["p_fake"]) < 1e-5 and abs(x["p_calibrated"] - y["p_calibrated"]) < 1e-5
         assert all(abs(x["consistency"][k] - y["consistency"][k]) < 1e-5 for k in x["consistency"])
+
+
+def test_checkpoint_and_onnx_say_what_their_logit_is(tmp_path):
+    from fitgap.detect import load_scoring
+    from fitgap.export import export
+
+    for distance in (False, True):
+        ck, ox = tmp_path / f"{distance}.pt", tmp_path / f"{distance}.onnx"
+        detector_ckpt(ck, "test_resnet", 32, distance=distance)
+        export(str(ck), str(ox))
+        want = "distance" if distance else "head"
+        from_ckpt = load_scoring(str(ck), None, "none", None, "cpu")
+        from_onnx = load_scoring(None, str(ox), "none", None)
+        assert from_ckpt.about["score"] == from_onnx.about["score"] == want
+        crops = [torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)]
+        assert abs(from_ckpt.logits_fn(crops)[0] - from_onnx.logits_fn(crops)[0]) < 1e-4
