@@ -363,18 +363,24 @@ def transfer_scores(encoder, train_items, test_subsets, crop: int, mean, std, de
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from .realdist import MIN_REALS, fit_distance
+
     x, y, left = _labelled_features(encoder, train_items, crop, mean, std, device)
     if len(np.unique(y)) < 2:
         raise InputError(f"transfer: the training subset gives {int((y == 0).sum())} real and {int((y == 1).sum())} "
                          f"fake {crop}-px crops; both classes are needed")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x, y)
-    out = {"ap": {}, "n": {}, "left_out": left}
+    # the same features read as a distance from the training subset's reals (no fake seen: fitgap.realdist)
+    distance = fit_distance(x[y == 0].astype(np.float64), None)[0] if (y == 0).sum() >= MIN_REALS else None
+    out = {"ap": {}, "distance_ap": {}, "n": {}, "left_out": left}
     for name, items in test_subsets:
         g, yy, gone = _labelled_features(encoder, items, crop, mean, std, device)
         out["left_out"] += gone
         out["n"][name] = int(len(yy))
-        out["ap"][name] = (float(average_precision_score(yy, clf.decision_function(g)))
-                           if len(np.unique(yy)) == 2 else None)
+        both = len(np.unique(yy)) == 2
+        out["ap"][name] = float(average_precision_score(yy, clf.decision_function(g))) if both else None
+        out["distance_ap"][name] = (float(average_precision_score(yy, distance(torch.from_numpy(g).float()).numpy()))
+                                    if both and distance is not None else None)
     return out
 
 
@@ -383,14 +389,18 @@ def format_transfer(result: Dict) -> List[str]:
     the means over the subsets other than the one fitted on."""
     from .evaluate import _fmt as _pct
 
-    rows = ["| test subset | the encoder, frozen | the same architecture untrained (its seed), frozen |", "|---|---|---|"]
-    for name in result["encoder"]["ap"]:
+    e, i = result["encoder"], result["initial"]
+    rows = ["| test subset | the encoder, frozen | the same architecture untrained (its seed), frozen "
+            "| distance from the reals: the encoder | distance: untrained |", "|---|---|---|---|---|"]
+    for name in e["ap"]:
         mark = ""
         if name == result["train"]:
             mark = (f" (fitted on {result['train_overlap']} of these same images: not held out)"
                     if result.get("train_overlap") else " (fitted on its train split)")
-        rows.append(f"| {name}{mark} | {_pct(result['encoder']['ap'][name])} | {_pct(result['initial']['ap'][name])} |")
-    rows.append(f"| mean over the others | {_pct(result['encoder']['unseen'])} | {_pct(result['initial']['unseen'])} |")
+        rows.append(f"| {name}{mark} | {_pct(e['ap'][name])} | {_pct(i['ap'][name])} "
+                    f"| {_pct(e.get('distance_ap', {}).get(name))} | {_pct(i.get('distance_ap', {}).get(name))} |")
+    rows.append(f"| mean over the others | {_pct(e['unseen'])} | {_pct(i['unseen'])} "
+                f"| {_pct(e.get('distance_unseen'))} | {_pct(i.get('distance_unseen'))} |")
     return rows
 
 
@@ -426,6 +436,7 @@ def run_transfer(args) -> Dict:
     for key, enc in (("encoder", encoder), ("initial", initial_encoder(cfg, device).eval())):
         r = transfer_scores(enc, train[args.train_subset].items, tests, args.crop, mean, std, device)
         r["unseen"] = _unseen(r["ap"], args.train_subset)
+        r["distance_unseen"] = _unseen(r["distance_ap"], args.train_subset)
         result[key] = r
     if result["encoder"]["left_out"]:
         print(f"left out: {result['encoder']['left_out']} images unreadable or smaller than {args.crop} px",

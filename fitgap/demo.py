@@ -66,6 +66,17 @@ def pretrain_patch(pretrain_config: str = PRETRAIN_CONFIG) -> int:
     return int(C.load_config(pretrain_config, [], DEFAULTS)["plan"]["patch"])
 
 
+def score_text(finetune_config: str = FINETUNE_CONFIG) -> str:
+    """What the demo detectors' logit is, in words (the fine-tuning config's `score`)."""
+    from . import config as C
+    from .finetune import DEFAULTS
+
+    if C.load_config(finetune_config, [], DEFAULTS)["score"] == "distance":
+        return (f"the features' distance from {TRAIN_FAMILY}'s training reals (`score: distance`, fitted when "
+                "fine-tuning ends; the head is what fine-tuning trains)")
+    return "the head trained on real vs fake (`score: head`)"
+
+
 def sh(*args: str) -> None:
     print("+ " + " ".join(args), flush=True)
     subprocess.run([sys.executable, *args], check=True)
@@ -243,8 +254,11 @@ def main(argv=None) -> None:
               f"({transfer['crop']}-px centre crops), AP (%) on every family's test split, beside the same for "
               "the encoder before pre-training (same architecture and seed). Deterministic: no fine-tuning seed "
               "moves it. Below 50 the features rank that family's fakes below the reals: the direction "
-              f"that separates {TRAIN_FAMILY} points the other way for it.", ""] + format_transfer(transfer) + [""]
+              f"that separates {TRAIN_FAMILY} points the other way for it. The distance columns read the same "
+              f"features as a distance from {TRAIN_FAMILY}'s training reals (fitgap.realdist; no fake is seen): "
+              "what the encoder learned of real images alone.", ""] + format_transfer(transfer) + [""]
     lines += ["## Cross-family evaluation", "",
+              f"The detectors' logit: {score_text()}. "
               f"AP (%) over {REPEATS} fine-tunings of each initialisation (fine-tuning seeds {args.seed}, "
               + ", ".join(str(1000 * k + args.seed) for k in range(1, REPEATS)) + "; the pre-training is the same "
               "for all):", ""] + format_repeats(summary) + ["", "![AP per family](ablation_ap.png)", "",

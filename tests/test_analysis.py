@@ -195,6 +195,9 @@ def test_transfer_scores_follow_the_direction_the_features_carry(tmp_path):
     assert r["ap"]["same"] == pytest.approx(1.0)
     assert r["ap"]["inverted"] < 0.6
     assert r["ap"]["fakes only"] is None          # one class: no AP, not a number that means nothing
+    # read as a distance from the training reals, both directions rank the fakes above the reals
+    assert r["distance_ap"]["same"] > 0.95 and r["distance_ap"]["inverted"] > 0.95
+    assert r["distance_ap"]["fakes only"] is None
     assert r["n"] == {"same": 24, "inverted": 24, "fakes only": 12} and r["left_out"] == 1
     with pytest.raises(Exception, match="both classes"):
         transfer_scores(MeanColour(), [it for it in train if it[1] == 1], tests, 32, (0.5,) * 3, (0.25,) * 3, "cpu")

@@ -459,6 +459,16 @@ def test_demo_scratch_ablation_trains_the_pretraining_architecture():
     assert C.load_config(ft_yaml, ["init=null"], FINETUNE)["model"] != pre["model"]
 
 
+def test_the_demo_names_the_score_its_detectors_answer_with(tmp_path):
+    from fitgap.demo import score_text
+
+    ft_yaml = os.path.join(ROOT, "configs", "demo_finetune.yaml")
+    assert "distance from tconv's training reals" in score_text(ft_yaml)  # the shipped demo
+    head = tmp_path / "head.yaml"
+    head.write_text(open(ft_yaml).read().replace("score: distance", "score: head"))
+    assert "score: head" in score_text(str(head))
+
+
 def test_the_same_finetuning_twice_gives_the_same_logits_bit_for_bit(tree, pretrained, tmp_path):
     """Seeds, deterministic kernels, a fixed thread count and seeded loader workers (with random JPEG
     and blur augmentation in a worker process): one machine, one answer."""
