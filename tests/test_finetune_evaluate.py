@@ -463,10 +463,10 @@ def test_the_demo_names_the_score_its_detectors_answer_with(tmp_path):
     from fitgap.demo import score_text
 
     ft_yaml = os.path.join(ROOT, "configs", "demo_finetune.yaml")
-    assert "distance from tconv's training reals" in score_text(ft_yaml)  # the shipped demo
-    head = tmp_path / "head.yaml"
-    head.write_text(open(ft_yaml).read().replace("score: distance", "score: head"))
-    assert "score: head" in score_text(str(head))
+    assert "score: head" in score_text(ft_yaml)  # the shipped demo
+    other = tmp_path / "distance.yaml"
+    other.write_text(open(ft_yaml).read().replace("score: head", "score: distance"))
+    assert "distance from tconv's training reals" in score_text(str(other))
 
 
 def test_the_same_finetuning_twice_gives_the_same_logits_bit_for_bit(tree, pretrained, tmp_path):
