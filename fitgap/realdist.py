@@ -74,7 +74,11 @@ def fit_detector_distance(model, train_items, heldout_items, crop: int, mean, st
     model.eval()
     model.distance = None
     try:
-        tr, left_tr = _features(model.encoder, _reals(train_items, MAX_REALS, seed), crop, mean, std, device)
+        reals = _reals(train_items, MAX_REALS, seed)
+        tr, left_tr = _features(model.encoder, reals, crop, mean, std, device)
+        if len(tr) < MIN_REALS:
+            raise InputError(f"score: distance: {len(tr)} of the training split's {len(reals)} real images could be "
+                             f"read at {crop} px or more (the evaluation crop); at least {MIN_REALS} are needed")
         ho, left_ho = _features(model.encoder, _reals(heldout_items, MAX_REALS, seed), crop, mean, std, device)
         module, info = fit_distance(tr, ho)
     finally:

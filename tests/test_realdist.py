@@ -141,3 +141,30 @@ def test_bad_score_and_too_few_reals_are_refused_before_any_work(bigger_tree, pr
     r = run(finetune_args(str(small), str(tmp_path), "few", pretrained, "score=distance"), check=False)
     assert r.returncode == 2 and "score: distance" in r.stderr and "at least 10" in r.stderr, r.stderr[-1500:]
     assert not os.path.exists(tmp_path / "few")
+
+
+def test_reals_smaller_than_the_crop_are_left_out_and_too_few_usable_ones_are_named(tmp_path):
+    from PIL import Image
+
+    from fitgap.realdist import fit_detector_distance
+
+    torch.manual_seed(0)
+    det = Detector(build_encoder("test_resnet"))
+    items = []
+    rng = np.random.default_rng(0)
+    for i in range(14):  # 9 usable reals at 32 px, 5 too small, 2 fakes (never used)
+        side = 40 if i < 9 else 20
+        path = str(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+        items.append((path, 0))
+    items += [(items[0][0], 1), (items[1][0], 1)]
+    with pytest.raises(InputError, match="9 of the training split's 14 real images could be read at 32 px"):
+        fit_detector_distance(det, items, [], 32, [0.5] * 3, [0.25] * 3, "cpu")
+    assert det.distance is None
+    for i in range(14, 17):  # one more usable real makes 10: fitted, the small ones counted as left out
+        path = str(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        items.append((path, 0))
+    info = fit_detector_distance(det, items, [], 32, [0.5] * 3, [0.25] * 3, "cpu")
+    assert info["reals"] == 12 and info["left_out"] == 5 and info["centred_on"] == "training reals"
+    assert det.distance is not None and det.training  # the mode it came in is restored
