@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fitgap import minibench as M  # noqa: E402
-from fitgap.analysis import image_features  # noqa: E402
+from fitgap.evaldata import image_features  # noqa: E402
 from fitgap.benchmarks import load_benchmark  # noqa: E402
 from fitgap.data import decode_rgb  # noqa: E402
 from fitgap.detector import load_detector  # noqa: E402

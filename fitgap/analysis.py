@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .progress import progress
 
 from .data import ImageError, decode_rgb, list_images
-from .evaldata import center_crop, to_tensor
+from .evaldata import image_features, to_tensor  # noqa: F401 - image_features: fitgap.analysis's API too
 from .errors import InputError
 
 
@@ -154,42 +154,6 @@ def plot_similarity(sim, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-@torch.no_grad()
-def image_features(encoder, items, crop: int, mean, std, device, rescale: Optional[int] = None,
-                   batch: int = 32) -> List[Optional[np.ndarray]]:
-    """Features of the centre crop (crop x crop, native resolution) of each image; with `rescale`,
-    of that crop resized (bilinear) to rescale x rescale. Unreadable or smaller images give None."""
-    from PIL import Image
-
-    out: List[Optional[np.ndarray]] = [None] * len(items)
-    pending: List[torch.Tensor] = []
-    slots: List[int] = []
-
-    def flush():
-        if pending:
-            f = encoder(torch.stack(pending).to(device)).float().cpu().numpy()
-            for s, v in zip(slots, f):
-                out[s] = v
-            pending.clear()
-            slots.clear()
-
-    for k, (path, _) in enumerate(items):
-        try:
-            c = center_crop(decode_rgb(path), crop)
-        except ImageError:
-            continue
-        if c.shape[0] != crop or c.shape[1] != crop:
-            continue
-        if rescale is not None:
-            c = np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((rescale, rescale), Image.BILINEAR))
-        pending.append(to_tensor(c, mean, std))
-        slots.append(k)
-        if len(pending) == batch:
-            flush()
-    flush()
-    return out
 
 
 def tsne_points(features: np.ndarray, seed: int = 0) -> np.ndarray:

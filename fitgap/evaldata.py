@@ -366,3 +366,37 @@ def collate_train(items):
     x = torch.stack([a for a, _, _ in items])
     y = torch.tensor([b for _, b, _ in items], dtype=torch.float32)
     return x, y, [s for _, _, sk in items for s in sk]
+
+
+@torch.no_grad()
+def image_features(encoder, items, crop: int, mean, std, device, rescale: Optional[int] = None,
+                   batch: int = 32) -> List[Optional[np.ndarray]]:
+    """Features of the centre crop (crop x crop, native resolution) of each image; with `rescale`,
+    of that crop resized (bilinear) to rescale x rescale. Unreadable or smaller images give None."""
+    out: List[Optional[np.ndarray]] = [None] * len(items)
+    pending: List[torch.Tensor] = []
+    slots: List[int] = []
+
+    def flush():
+        if pending:
+            f = encoder(torch.stack(pending).to(device)).float().cpu().numpy()
+            for s, v in zip(slots, f):
+                out[s] = v
+            pending.clear()
+            slots.clear()
+
+    for k, (path, _) in enumerate(items):
+        try:
+            c = center_crop(decode_rgb(path), crop)
+        except ImageError:
+            continue
+        if c.shape[0] != crop or c.shape[1] != crop:
+            continue
+        if rescale is not None:
+            c = np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((rescale, rescale), Image.BILINEAR))
+        pending.append(to_tensor(c, mean, std))
+        slots.append(k)
+        if len(pending) == batch:
+            flush()
+    flush()
+    return out

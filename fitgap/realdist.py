@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .evaldata import image_features
 from .models import RealDistance
 
 MIN_REALS = 10          # real training images (at least the crop's size) the Gaussian needs
@@ -33,8 +34,6 @@ def _reals(items: Sequence[Tuple[str, int]], limit: int, seed: int) -> List[Tupl
 
 
 def _features(encoder, items, crop: int, mean, std, device) -> Tuple[np.ndarray, int]:
-    from .analysis import image_features
-
     feats = image_features(encoder, items, crop, mean, std, device)
     kept = [f for f in feats if f is not None]
     dim = getattr(encoder, "num_features", 0)
@@ -92,8 +91,6 @@ def fit_detector_distance(model, train_items, heldout_items, crop: int, mean, st
 def distance_ap(model, items, crop: int, mean, std, device) -> Optional[float]:
     """AP of the fitted distance score on `items` [(path, label)] (centre crops), None without both classes."""
     from sklearn.metrics import average_precision_score
-
-    from .analysis import image_features
 
     model.eval()
     feats = image_features(model.encoder, items, crop, mean, std, device)
