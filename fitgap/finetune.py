@@ -353,7 +353,7 @@ def settle_score(path: str, cfg: Dict[str, Any], train_items, val_subsets, devic
     (the training split's reals, centred on the validation split's) and write it into best.pt, once:
     a resumed run that finds it fitted keeps it. head: drop a distance an earlier run fitted. Returns
     what was fitted (None for head)."""
-    from .realdist import distance_ap, fit_detector_distance
+    from .realdist import fit_detector_distance
 
     saved = ckpt.load(path)
     has = any(k.startswith("distance.") for k in saved["model"])
@@ -375,7 +375,6 @@ def settle_score(path: str, cfg: Dict[str, Any], train_items, val_subsets, devic
     n = cfg["normalize"]
     held = [it for s in val_subsets for it in s.items]
     fit = fit_detector_distance(model, train_items, held, crop, n["mean"], n["std"], device, cfg["seed"])
-    fit["val_ap"] = distance_ap(model, held, crop, n["mean"], n["std"], device)
     saved["model"] = model.state_dict()
     saved["config"]["score"] = "distance"
     saved["distance_fit"] = fit

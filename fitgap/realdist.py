@@ -25,19 +25,12 @@ MAX_REALS = 5000        # a seeded sample of this many reals at most (a 2048-d G
 QUANTILE = 0.95         # logit 0: the held-out reals' distance at this quantile
 
 
-def _reals(items: Sequence[Tuple[str, int]], limit: int, seed: int) -> List[Tuple[str, int]]:
-    reals = [it for it in items if it[1] == 0]
+def _reals(items: Sequence[Tuple[str, int]], limit: int, seed: int) -> List[int]:
+    """Indices of the real items, a seeded sample of `limit` of them when there are more."""
+    reals = [k for k, it in enumerate(items) if it[1] == 0]
     if len(reals) > limit:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(reals))[:limit])
-        reals = [reals[k] for k in keep]
+        reals = [reals[k] for k in np.sort(np.random.default_rng(seed).permutation(len(reals))[:limit])]
     return reals
-
-
-def _features(encoder, items, crop: int, mean, std, device) -> Tuple[np.ndarray, int]:
-    feats = image_features(encoder, items, crop, mean, std, device)
-    kept = [f for f in feats if f is not None]
-    dim = getattr(encoder, "num_features", 0)
-    return (np.stack(kept).astype(np.float64) if kept else np.zeros((0, dim))), len(feats) - len(kept)
 
 
 def fit_distance(train: np.ndarray, heldout: Optional[np.ndarray]) -> Tuple[RealDistance, Dict[str, Any]]:
@@ -67,36 +60,33 @@ def fit_distance(train: np.ndarray, heldout: Optional[np.ndarray]) -> Tuple[Real
 @torch.no_grad()
 def fit_detector_distance(model, train_items, heldout_items, crop: int, mean, std, device,
                           seed: int = 0) -> Dict[str, Any]:
-    """Fit model.distance on the real images of `train_items`, centred on those of `heldout_items`
-    (both [(path, label)]), with `crop`-px centre crops; returns what was fitted and what was left out."""
+    """Fit model.distance on the real images of `train_items`, centred on the reals of `heldout_items`
+    (both [(path, label)]), with `crop`-px centre crops; returns what was fitted, what was left out and
+    the fitted distance's AP on `heldout_items` ("val_ap", None without both classes). Every image's
+    features are computed once."""
+    from sklearn.metrics import average_precision_score
+
     was_training = model.training
     model.eval()
     model.distance = None
     try:
-        reals = _reals(train_items, MAX_REALS, seed)
-        tr, left_tr = _features(model.encoder, reals, crop, mean, std, device)
+        reals = [train_items[k] for k in _reals(train_items, MAX_REALS, seed)]
+        tr = [f for f in image_features(model.encoder, reals, crop, mean, std, device) if f is not None]
         if len(tr) < MIN_REALS:
             raise InputError(f"score: distance: {len(tr)} of the training split's {len(reals)} real images could be "
                              f"read at {crop} px or more (the evaluation crop); at least {MIN_REALS} are needed")
-        ho, left_ho = _features(model.encoder, _reals(heldout_items, MAX_REALS, seed), crop, mean, std, device)
-        module, info = fit_distance(tr, ho)
+        held = image_features(model.encoder, heldout_items, crop, mean, std, device)
+        centre_on = _reals(heldout_items, MAX_REALS, seed)
+        ho = [held[k] for k in centre_on if held[k] is not None]
+        module, info = fit_distance(np.stack(tr).astype(np.float64), np.stack(ho).astype(np.float64) if ho else None)
     finally:
         model.train(was_training)
     model.distance = module.to(next(model.parameters()).device)
-    info["left_out"] = int(left_tr + left_ho)  # unreadable, or smaller than the crop
+    info["left_out"] = len(reals) - len(tr) + len(centre_on) - len(ho)  # unreadable, or smaller than the crop
+    keep = [k for k, f in enumerate(held) if f is not None]
+    labels = np.array([heldout_items[k][1] for k in keep])
+    info["val_ap"] = None
+    if len(np.unique(labels)) == 2:
+        x = torch.from_numpy(np.stack([held[k] for k in keep])).to(model.distance.mean.device)
+        info["val_ap"] = float(average_precision_score(labels, model.distance(x).cpu().numpy()))
     return info
-
-
-@torch.no_grad()
-def distance_ap(model, items, crop: int, mean, std, device) -> Optional[float]:
-    """AP of the fitted distance score on `items` [(path, label)] (centre crops), None without both classes."""
-    from sklearn.metrics import average_precision_score
-
-    model.eval()
-    feats = image_features(model.encoder, items, crop, mean, std, device)
-    keep = [k for k, f in enumerate(feats) if f is not None]
-    labels = np.array([items[k][1] for k in keep])
-    if len(np.unique(labels)) < 2:
-        return None
-    f = torch.from_numpy(np.stack([feats[k] for k in keep])).to(device)
-    return float(average_precision_score(labels, model.distance(f).cpu().numpy()))
