@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .evaldata import normalize_uint8
-from .models import Detector, RealDistance, encoder_from_config
+from .models import Detector, RealDistance, encoder_from_config, has_distance
 from .optim import amp_context
 from .errors import InputError
 
@@ -39,7 +39,7 @@ def load_detector(path: str, device) -> Tuple[Detector, Dict[str, Any]]:
     encoder = encoder_from_config(cfg["model"], load_weights=False)  # every weight is in the file
     distance = None
     if cfg.get("score", "head") == "distance":
-        if not any(k.startswith("distance.") for k in saved["model"]):
+        if not has_distance(saved["model"]):
             raise InputError(f"--ckpt: {path} is configured with score: distance but holds no fitted distance "
                              "(finetune.py fits it into best.pt when training ends: run it again to resume)")
         distance = RealDistance(encoder.num_features)

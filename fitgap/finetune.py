@@ -21,7 +21,7 @@ from .data import summarize_skipped
 from .detector import load_pretrained_encoder
 from .evaldata import Perturbation, TrainCrops, collate_train
 from .evaluate import _fmt, evaluate_subsets, format_markdown
-from .models import SCORES, Detector, check_encoder_config, encoder_from_config
+from .models import SCORES, Detector, check_encoder_config, encoder_from_config, has_distance, without_distance
 from .realdist import MIN_REALS
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
@@ -356,10 +356,10 @@ def settle_score(path: str, cfg: Dict[str, Any], train_items, val_subsets, devic
     from .realdist import fit_detector_distance
 
     saved = ckpt.load(path)
-    has = any(k.startswith("distance.") for k in saved["model"])
+    has = has_distance(saved["model"])
     if cfg["score"] == "head":
         if has or saved["config"].get("score", "head") != "head":
-            saved["model"] = {k: v for k, v in saved["model"].items() if not k.startswith("distance.")}
+            saved["model"] = without_distance(saved["model"])
             saved["config"]["score"] = "head"
             saved.pop("distance_fit", None)
             ckpt.atomic_save(saved, path)
@@ -369,7 +369,7 @@ def settle_score(path: str, cfg: Dict[str, Any], train_items, val_subsets, devic
         print(f"best.pt: score distance, fitted earlier ({saved['distance_fit']['reals']} reals)", flush=True)
         return saved["distance_fit"]
     model = Detector(encoder_from_config(saved["config"]["model"], load_weights=False))
-    model.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith("distance.")})
+    model.load_state_dict(without_distance(saved["model"]))
     model.to(device)
     crop = cfg["eval"]["size"] or cfg["patch"]
     n = cfg["normalize"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import timm
 from timm.models import register_model
@@ -368,6 +368,16 @@ class RealDistance(nn.Module):
 
 
 SCORES = ("head", "distance")
+
+
+def has_distance(state: Dict[str, Any]) -> bool:
+    """Whether a Detector state dict holds a fitted RealDistance (its `distance.` buffers)."""
+    return any(k.startswith("distance.") for k in state)
+
+
+def without_distance(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A Detector state dict without its fitted RealDistance: the encoder and the head."""
+    return {k: v for k, v in state.items() if not k.startswith("distance.")}
 
 
 class Detector(nn.Module):

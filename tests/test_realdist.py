@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from fitgap import checkpoint as ckpt
 from fitgap.errors import InputError
-from fitgap.models import Detector, RealDistance, build_encoder
+from fitgap.models import Detector, RealDistance, build_encoder, has_distance
 from fitgap.realdist import QUANTILE, fit_distance
 
 from test_finetune_evaluate import finetune_args, make_tree, pretrained, run  # noqa: F401 (a fixture)
@@ -116,7 +116,7 @@ def test_finetune_fits_the_distance_into_best_pt_once_and_evaluate_reads_it(bigg
     # the same run with score: head drops the distance from best.pt
     r = run(args[:-1] + ["score=head"])
     head = torch.load(best, weights_only=True)
-    assert head["config"]["score"] == "head" and not any(k.startswith("distance.") for k in head["model"])
+    assert head["config"]["score"] == "head" and not has_distance(head["model"])
     det, _ = load_detector(str(best), "cpu")
     assert det.distance is None
 
