@@ -1,0 +1,99 @@
+"""Would "unsure when far from the training reals" catch the head's misses? Decision data, per detector.
+
+A head fine-tuned on one family calls some unseen fakes "real". The fine-tuning's real distance
+(`fitgap.realdist`, the same fit as `score: distance`) measures how far an image's features are from
+the training reals: logit > 0 is beyond the 95th percentile of the validation reals. This script fits
+that distance to each detector checkpoint given (a head-score best.pt is left unchanged on disk) and
+counts, on the mini-benchmark's test split and on other cameras' photos through the same generators
+(`benchmarks/source_shift.py` builds them), what the flag would do to the head's "real" verdicts
+(head logit < 0): the share of the reals it would withhold (the cost) and the share of the missed
+fakes it would withhold (the gain), and the share of fakes among the "real" verdicts that remain.
+
+    python benchmarks/unsure_far.py runs/demo*/finetune*/best.pt [--out .cache/source_shift]
+
+Results: benchmarks/RESULTS.md, "The real distance as an unsure flag beside the head".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fitgap import minibench as M  # noqa: E402
+from fitgap.benchmarks import load_benchmark  # noqa: E402
+from fitgap.detector import load_detector  # noqa: E402
+from fitgap.evaldata import image_features  # noqa: E402
+from fitgap.finetune import build_data  # noqa: E402
+from fitgap.realdist import fit_detector_distance  # noqa: E402
+
+import source_shift  # noqa: E402  (same folder)
+
+
+@torch.no_grad()
+def counts(det, cfg, subsets, unseen) -> dict:
+    """Pooled over the reals of every family and the fakes of the `unseen` ones: reals, reals called
+    real, of them far; fakes, fakes called real (missed), of them far."""
+    n = cfg["normalize"]
+    crop = cfg["eval"]["size"] or cfg["patch"]
+    c = dict.fromkeys(("reals", "real_ok", "real_far", "fakes", "missed", "missed_far"), 0)
+    for s in subsets:
+        f = image_features(det.encoder, s.items, crop, n["mean"], n["std"], "cpu")
+        keep = [k for k, v in enumerate(f) if v is not None]
+        x = torch.from_numpy(np.stack([f[k] for k in keep]))
+        y = np.array([s.items[k][1] for k in keep])
+        head = det.classifier(x).squeeze(1).numpy() < 0      # the head says "real"
+        far = det.distance(x).numpy() > 0                    # beyond the validation reals' 95th percentile
+        r = y == 0
+        c["reals"] += int(r.sum())
+        c["real_ok"] += int((r & head).sum())
+        c["real_far"] += int((r & head & far).sum())
+        if s.name in unseen:
+            fk = y == 1
+            c["fakes"] += int(fk.sum())
+            c["missed"] += int((fk & head).sum())
+            c["missed_far"] += int((fk & head & far).sum())
+    return c
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ckpts", nargs="+", help="detector checkpoints (finetune.py's best.pt)")
+    ap.add_argument("--out", default=os.path.join(".cache", "source_shift"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    source_shift.build(args.out)
+    fams = list(M.FAMILIES)
+    benches = {"mini-benchmark test split": load_benchmark("mini", None, "test", fams),
+               "other cameras": load_benchmark("folder", os.path.join(args.out, "plain"), None, fams),
+               "other cameras, fakes JPEG q90": load_benchmark("folder", os.path.join(args.out, "jpeg_fakes"), None,
+                                                               fams)}
+    print("| detector | set | reals called real | of them far (withheld) | unseen fakes called real | "
+          "of them far (withheld) | fakes among the real verdicts: head / head + flag |")
+    print("|---|---|---|---|---|---|---|")
+    for ck in args.ckpts:
+        det, cfg = load_detector(ck, "cpu")
+        cfg = dict(cfg, score="head")  # the split and the fit of finetune.py, whatever the checkpoint's score
+        train, val = build_data(cfg)
+        fit_detector_distance(det, train, [it for s in val for it in s.items], cfg["eval"]["size"] or cfg["patch"],
+                              cfg["normalize"]["mean"], cfg["normalize"]["std"], "cpu", seed=cfg["seed"])
+        trained = set(cfg["data"]["subsets"])
+        for name, subs in benches.items():
+            c = counts(det, cfg, subs, [f for f in fams if f not in trained])
+            # classes balanced as in the sets: the reals of every family against the unseen fakes, per image
+            rw = c["fakes"] / max(c["reals"], 1)
+            before = c["missed"] / max(c["missed"] + rw * c["real_ok"], 1e-9)
+            after = (c["missed"] - c["missed_far"]) / max(c["missed"] - c["missed_far"]
+                                                         + rw * (c["real_ok"] - c["real_far"]), 1e-9)
+            print(f"| {ck} | {name} | {100 * c['real_ok'] / c['reals']:.1f} % | "
+                  f"{100 * c['real_far'] / max(c['real_ok'], 1):.1f} % | {100 * c['missed'] / c['fakes']:.1f} % | "
+                  f"{100 * c['missed_far'] / max(c['missed'], 1):.1f} % | {100 * before:.1f} % / {100 * after:.1f} % |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
