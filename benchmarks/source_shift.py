@@ -89,6 +89,15 @@ def build(out: str) -> None:
         print(f"{kind}: {len(tiles)} other-camera tiles, PSNR of the fakes {M.psnr(tiles, fakes):.1f} dB", flush=True)
 
 
+def sets(out: str) -> dict:
+    """{name: subsets} of the three sets every detector is scored on (the other-camera ones built once)."""
+    build(out)
+    fams = list(M.FAMILIES)
+    return {"mini-benchmark test split": load_benchmark("mini", None, "test", fams),
+            "other cameras": load_benchmark("folder", os.path.join(out, "plain"), None, fams),
+            "other cameras, fakes JPEG q90": load_benchmark("folder", os.path.join(out, "jpeg_fakes"), None, fams)}
+
+
 @torch.no_grad()
 def scores(ckpt: str, subsets) -> dict:
     """{score: [AP per family]} of one detector: its head, and its distance where fitted."""
@@ -117,11 +126,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(".cache", "source_shift"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    build(args.out)
-    benches = {"mini-benchmark test split": load_benchmark("mini", None, "test", list(M.FAMILIES)),
-               "other cameras": load_benchmark("folder", os.path.join(args.out, "plain"), None, list(M.FAMILIES)),
-               "other cameras, fakes JPEG q90": load_benchmark("folder", os.path.join(args.out, "jpeg_fakes"), None,
-                                                               list(M.FAMILIES))}
+    benches = sets(args.out)
     print("| detector | set | score | " + " | ".join(M.FAMILIES) + " | unseen mean |")
     print("|---|---|---|" + "---|" * (len(M.FAMILIES) + 1))
     for ck in args.ckpts:

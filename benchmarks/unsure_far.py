@@ -5,7 +5,7 @@ A head fine-tuned on one family calls some unseen fakes "real". The fine-tuning'
 the training reals: logit > 0 is beyond the 95th percentile of the validation reals. This script fits
 that distance to each detector checkpoint given (a head-score best.pt is left unchanged on disk) and
 counts, on the mini-benchmark's test split and on other cameras' photos through the same generators
-(`benchmarks/source_shift.py` builds them), what the flag would do to the head's "real" verdicts
+(built once by `benchmarks/source_shift.py`), what the flag would do to the head's "real" verdicts
 (head logit < 0): the share of the reals it would withhold (the cost) and the share of the missed
 fakes it would withhold (the gain), and the share of fakes among the "real" verdicts that remain.
 
@@ -25,7 +25,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fitgap import minibench as M  # noqa: E402
-from fitgap.benchmarks import load_benchmark  # noqa: E402
 from fitgap.detector import load_detector  # noqa: E402
 from fitgap.evaldata import image_features  # noqa: E402
 from fitgap.finetune import build_data  # noqa: E402
@@ -66,12 +65,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(".cache", "source_shift"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    source_shift.build(args.out)
     fams = list(M.FAMILIES)
-    benches = {"mini-benchmark test split": load_benchmark("mini", None, "test", fams),
-               "other cameras": load_benchmark("folder", os.path.join(args.out, "plain"), None, fams),
-               "other cameras, fakes JPEG q90": load_benchmark("folder", os.path.join(args.out, "jpeg_fakes"), None,
-                                                               fams)}
+    benches = source_shift.sets(args.out)
     print("| detector | set | reals called real | of them far (withheld) | unseen fakes called real | "
           "of them far (withheld) | fakes among the real verdicts: head / head + flag |")
     print("|---|---|---|---|---|---|---|")
