@@ -120,12 +120,18 @@ def scores(ckpt: str, subsets) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv, doc: str):
+    """The command line of the source-shift scripts: detector checkpoints and --out (2 threads set)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpts", nargs="+", help="detector checkpoints (finetune.py's best.pt)")
     ap.add_argument("--out", default=os.path.join(".cache", "source_shift"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv, __doc__)
     benches = sets(args.out)
     print("| detector | set | score | " + " | ".join(M.FAMILIES) + " | unseen mean |")
     print("|---|---|---|" + "---|" * (len(M.FAMILIES) + 1))

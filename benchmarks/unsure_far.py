@@ -15,7 +15,6 @@ Results: benchmarks/RESULTS.md, "The real distance as an unsure flag beside the 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -60,11 +59,7 @@ def counts(det, cfg, subsets, unseen) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpts", nargs="+", help="detector checkpoints (finetune.py's best.pt)")
-    ap.add_argument("--out", default=os.path.join(".cache", "source_shift"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    args = source_shift.parse_args(argv, __doc__)
     fams = list(M.FAMILIES)
     benches = source_shift.sets(args.out)
     print("| detector | set | reals called real | of them far (withheld) | unseen fakes called real | "
