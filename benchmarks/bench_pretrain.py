@@ -1,5 +1,6 @@
 """Pre-training step rate: the real pipeline vs synthetic tensors, where a step's time goes, and
-(on a GPU) fp32 eager vs bf16 + channels_last vs + torch.compile.
+fp32 vs bf16 + channels_last (on a GPU: legacy_xception, and + torch.compile; on the CPU: the demo
+encoder at 32 and 64 px, timed interleaved, with the CPU model and torch's CPU code path named).
 
     python benchmarks/bench_pretrain.py --device cpu            # demo config, on the shipped photos
     python benchmarks/bench_pretrain.py --device cuda           # legacy_xception, 128 px, batch 256
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import print_table, sync  # noqa: E402
+from common import cpu_model, print_table, sync, time_interleaved  # noqa: E402
 
 from fitgap import config as C  # noqa: E402
 from fitgap.data import (PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned,  # noqa: E402
@@ -186,6 +187,35 @@ def precision_modes(device, steps, batch=256, patch=128):
     return float(rows[1][3][:-1])
 
 
+def cpu_precision_modes(steps, batch=128):
+    """The demo encoder (configs/demo_pretrain.yaml) at 32 and 64 px on the CPU: fp32, + channels_last,
+    bf16 autocast + channels_last; the modes timed round-robin. bf16 pays only on CPUs with bf16
+    instructions (AVX-512 BF16, AMX); elsewhere it is emulated."""
+    cpu = torch.device("cpu")
+    rows = []
+    for patch in (32, 64):
+        fns = {}
+        for name, amp, cl in (("fp32", "none", False), ("fp32 + channels_last", "none", True),
+                              ("bf16 + channels_last", "bf16", True)):
+            cfg = C.load_config("configs/demo_pretrain.yaml", [f"train.amp={amp}", f"train.channels_last={str(cl).lower()}",
+                                                               "data.train=.", f"plan.patch={patch}"], DEFAULTS)
+            torch.manual_seed(0)
+            model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
+                                     cfg["model"]["proj_dim"])
+            x = torch.randn(batch, 3, patch, patch)
+            if cl:
+                model = model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            labels = torch.arange(batch) // 2
+            fns[name] = lambda m=model, o=opt, c=cfg, x=x, y=labels: step(m, o, x, y, c, cpu)
+        t = time_interleaved(fns, "cpu", repeat=steps, warmup=2)
+        rows += [(f"{patch} px", k, f"{batch / v:,.0f}", f"{t['fp32'] / v:.2f}x") for k, v in t.items()]
+    print_table(["patch", "mode", "patches/s", "vs fp32"], rows,
+                f"{cfg['model']['backbone']}, batch {batch}, {torch.get_num_threads()} threads ({cpu_model()}; torch CPU "
+                f"code path {torch.backends.cpu.get_cpu_capability()})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -205,6 +235,8 @@ def main():
     ratio = rates(cfg, device, steps, workers)
     verdicts = [("real / synthetic step rate", f"{ratio:.2f}", ">= 0.95 (GPU)",
                  "met" if ratio >= 0.95 else "NOT met")]
+    if args.device == "cpu":
+        cpu_precision_modes(max(5, steps))
     if args.device == "cuda":
         speed = precision_modes(device, max(5, steps // 2))
         verdicts.append(("bf16 + channels_last vs fp32", f"{speed:.2f}x", ">= 2x", "met" if speed >= 2 else "NOT met"))
