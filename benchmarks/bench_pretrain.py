@@ -189,8 +189,8 @@ def precision_modes(device, steps, batch=256, patch=128):
 
 def cpu_precision_modes(steps, batch=128):
     """The demo encoder (configs/demo_pretrain.yaml) at 32 and 64 px on the CPU: fp32, + channels_last,
-    bf16 autocast + channels_last; the modes timed round-robin. bf16 pays only on CPUs with bf16
-    instructions (AVX-512 BF16, AMX); elsewhere it is emulated."""
+    bf16 autocast + channels_last; the modes timed round-robin. bf16 can pay only on CPUs with bf16
+    instructions (AVX-512 BF16, AMX): run it on each CPU kind before relying on the ratio."""
     cpu = torch.device("cpu")
     rows = []
     for patch in (32, 64):
