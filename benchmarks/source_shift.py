@@ -120,11 +120,14 @@ def scores(ckpt: str, subsets) -> dict:
     return out
 
 
-def parse_args(argv, doc: str):
-    """The command line of the source-shift scripts: detector checkpoints and --out (2 threads set)."""
+def parse_args(argv, doc: str, extra=None):
+    """The command line of the source-shift scripts: detector checkpoints, --out and what `extra(parser)`
+    adds (2 threads set)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpts", nargs="+", help="detector checkpoints (finetune.py's best.pt)")
     ap.add_argument("--out", default=os.path.join(".cache", "source_shift"))
+    if extra:
+        extra(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     return args
