@@ -159,22 +159,29 @@ def rates(cfg, device, steps, workers):
     return real / synth
 
 
+def mode_step(cfg, device, batch, patch, dtype=torch.float32, compile_model=False):
+    """One SupCon step of cfg's model (its amp and channels_last) on synthetic `dtype` inputs, as a
+    callable; the model, optimiser and inputs live as long as the callable."""
+    model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
+                             cfg["model"]["proj_dim"]).to(device)
+    x = torch.randn(batch, 3, patch, patch, device=device, dtype=dtype)
+    if cfg["train"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    fwd = torch.compile(model) if compile_model else model
+    labels = torch.arange(batch, device=device) // 2
+    return lambda: step(fwd, opt, x, labels, cfg, device)
+
+
 def precision_modes(device, steps, batch=256, patch=128):
     """legacy_xception at 128 px: fp32 eager vs bf16 + channels_last vs + torch.compile."""
 
     def measure(amp, cl, comp):  # one mode; its model is freed on return
         cfg = C.load_config(None, [f"train.amp={amp}", f"train.channels_last={str(cl).lower()}",
                                    "ratios.list=[3/2]", "data.train=.", f"train.batch={batch}"], DEFAULTS)
-        model = ContrastiveModel(encoder_from_config(cfg["model"]), 2048, 128).to(device)
-        x = torch.randn(batch, 3, patch, patch, device=device,
-                        dtype=torch.bfloat16 if amp == "bf16" else torch.float32)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        fwd = torch.compile(model) if comp else model
-        labels = torch.arange(batch, device=device) // 2
-        return steps_per_second(lambda: step(fwd, opt, x, labels, cfg, device), steps, device)
+        fn = mode_step(cfg, device, batch, patch, torch.bfloat16 if amp == "bf16" else torch.float32, comp)
+        return steps_per_second(fn, steps, device)
 
     rows, base = [], None
     for name, amp, cl, comp in (("fp32 eager", "none", False, False), ("bf16 + channels_last", "bf16", True, False),
@@ -191,7 +198,6 @@ def cpu_precision_modes(steps, batch=128):
     """The demo encoder (configs/demo_pretrain.yaml) at 32 and 64 px on the CPU: fp32, + channels_last,
     bf16 autocast + channels_last; the modes timed round-robin. bf16 can pay only on CPUs with bf16
     instructions (AVX-512 BF16, AMX): run it on each CPU kind before relying on the ratio."""
-    cpu = torch.device("cpu")
     rows = []
     for patch in (32, 64):
         fns = {}
@@ -199,16 +205,7 @@ def cpu_precision_modes(steps, batch=128):
                               ("bf16 + channels_last", "bf16", True)):
             cfg = C.load_config("configs/demo_pretrain.yaml", [f"train.amp={amp}", f"train.channels_last={str(cl).lower()}",
                                                                "data.train=.", f"plan.patch={patch}"], DEFAULTS)
-            torch.manual_seed(0)
-            model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
-                                     cfg["model"]["proj_dim"])
-            x = torch.randn(batch, 3, patch, patch)
-            if cl:
-                model = model.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-            labels = torch.arange(batch) // 2
-            fns[name] = lambda m=model, o=opt, c=cfg, x=x, y=labels: step(m, o, x, y, c, cpu)
+            fns[name] = mode_step(cfg, torch.device("cpu"), batch, patch)
         t = time_interleaved(fns, "cpu", repeat=steps, warmup=2)
         rows += [(f"{patch} px", k, f"{batch / v:,.0f}", f"{t['fp32'] / v:.2f}x") for k, v in t.items()]
     print_table(["patch", "mode", "patches/s", "vs fp32"], rows,

@@ -99,21 +99,28 @@ def sets(out: str) -> dict:
 
 
 @torch.no_grad()
+def family_features(det, cfg, subsets):
+    """[(family, features as a tensor, labels)] of a detector's encoder on every subset's readable images
+    (the checkpoint's evaluation crop)."""
+    n = cfg["normalize"]
+    out = []
+    for s in subsets:
+        f = image_features(det.encoder, s.items, cfg["eval"]["size"] or cfg["patch"], n["mean"], n["std"], "cpu")
+        keep = [k for k, v in enumerate(f) if v is not None]
+        out.append((s.name, torch.from_numpy(np.stack([f[k] for k in keep])), np.array([s.items[k][1] for k in keep])))
+    return out
+
+
+@torch.no_grad()
 def scores(ckpt: str, subsets) -> dict:
     """{score: [AP per family]} of one detector: its head, and its distance where fitted."""
     from sklearn.metrics import average_precision_score
 
     det, cfg = load_detector(ckpt, "cpu")
-    n = cfg["normalize"]
     out = {"head": []}
     if det.distance is not None:
         out["distance"] = []
-    for fam in M.FAMILIES:
-        items = subsets[fam].items
-        f = image_features(det.encoder, items, cfg["eval"]["size"] or cfg["patch"], n["mean"], n["std"], "cpu")
-        keep = [k for k, v in enumerate(f) if v is not None]
-        x = torch.from_numpy(np.stack([f[k] for k in keep]))
-        y = np.array([items[k][1] for k in keep])
+    for _, x, y in family_features(det, cfg, [subsets[fam] for fam in M.FAMILIES]):
         out["head"].append(average_precision_score(y, det.classifier(x).squeeze(1).numpy()))
         if det.distance is not None:
             out["distance"].append(average_precision_score(y, det.distance(x).numpy()))

@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fitgap import minibench as M  # noqa: E402
 from fitgap.detector import load_detector  # noqa: E402
-from fitgap.evaldata import image_features  # noqa: E402
 from fitgap.finetune import build_data  # noqa: E402
 from fitgap.realdist import fit_detector_distance  # noqa: E402
 
@@ -39,21 +38,15 @@ import source_shift  # noqa: E402  (same folder)
 def counts(det, cfg, subsets, unseen) -> dict:
     """Pooled over the reals of every family and the fakes of the `unseen` ones: reals, reals called
     real, of them far; fakes, fakes called real (missed), of them far."""
-    n = cfg["normalize"]
-    crop = cfg["eval"]["size"] or cfg["patch"]
     c = dict.fromkeys(("reals", "real_ok", "real_far", "fakes", "missed", "missed_far"), 0)
-    for s in subsets:
-        f = image_features(det.encoder, s.items, crop, n["mean"], n["std"], "cpu")
-        keep = [k for k, v in enumerate(f) if v is not None]
-        x = torch.from_numpy(np.stack([f[k] for k in keep]))
-        y = np.array([s.items[k][1] for k in keep])
+    for name, x, y in source_shift.family_features(det, cfg, subsets):
         head = det.classifier(x).squeeze(1).numpy() < 0      # the head says "real"
-        far = det.distance(x).numpy() > 0                    # beyond the validation reals' 95th percentile
+        far = det.distance(x).numpy() > 0                    # beyond the 95th percentile of the reals centred on
         r = y == 0
         c["reals"] += int(r.sum())
         c["real_ok"] += int((r & head).sum())
         c["real_far"] += int((r & head & far).sum())
-        if s.name in unseen:
+        if name in unseen:
             fk = y == 1
             c["fakes"] += int(fk.sum())
             c["missed"] += int((fk & head).sum())
