@@ -50,7 +50,7 @@ def bench_images() -> str:
                 Image.fromarray(img).save(path)
         return folder
 from fitgap.plan import make_plan  # noqa: E402
-from fitgap.pretrain import DEFAULTS, amp_context, build_patches, build_spec  # noqa: E402
+from fitgap.pretrain import DEFAULTS, amp_context, build_patches, build_spec, sharpen, sharpen_strengths  # noqa: E402
 
 
 def setup(cfg, device):
@@ -91,7 +91,9 @@ def breakdown(cfg, device, steps):
     ds = PlannedWindows(WindowDataset(paths, cache_images=cfg["data"]["cache_images"]))
     sampler = PlanBatchSampler(len(paths), spec, 0, 1, 0, steps_per_epoch=steps + 2)
     sampler.set_epoch(0)
-    t = {k: 0.0 for k in ("plan", "load + pack", "copy", "rescale_gather", "forward + backward", "optimiser")}
+    band = cfg["augment"]["sharpen"]
+    t = {k: 0.0 for k in ("plan", "load + pack", "copy", "rescale_gather", "augment.sharpen", "forward + backward",
+                          "optimiser")}
     rng = np.random.default_rng(0)
     for i, b in enumerate(sampler):
         if i >= steps + 2:
@@ -107,6 +109,10 @@ def breakdown(cfg, device, steps):
         x = build_patches({**batch, "pixels": pixels}, cfg, device)
         sync(str(device))
         t4 = time.perf_counter()
+        if band:  # what contrastive_step does when the config asks for it
+            x = sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], 0, i))
+        sync(str(device))
+        t4b = time.perf_counter()
         with amp_context(cfg["train"]["amp"], device):
             z = model(x)
         loss = supcon_loss(z, batch["labels"].to(device), cfg["loss"]["temperature"])
@@ -118,7 +124,7 @@ def breakdown(cfg, device, steps):
         sync(str(device))
         t6 = time.perf_counter()
         if i >= 2:  # warm-up
-            for k, (a, bb) in zip(t, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6))):
+            for k, (a, bb) in zip(t, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t4b), (t4b, t5), (t5, t6))):
                 t[k] += bb - a
     total = sum(t.values())
     rows = [(k, f"{1e3 * v / steps:.1f}", f"{100 * v / total:.0f}%") for k, v in t.items()]

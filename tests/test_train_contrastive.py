@@ -109,6 +109,10 @@ def test_kill_and_resume_matches_uninterrupted_run(images, tmp_path):
     r = run_cmd(common + ["name=killed", "ratios.list=[3/2, 4/3]", "train.epochs=3"], timeout=300)
     assert r.returncode == 2 and "ratios.list: differ from" in r.stderr, r.stderr[-2000:]
     assert (os.path.getmtime(ck), open(cfg_file).read()) == before
+    # so is another augmentation (the demo config's sharpen band is part of what the run trained on)
+    r = run_cmd(common + ["name=killed", "augment.sharpen=[0, 0.5]", "train.epochs=3"], timeout=300)
+    assert r.returncode == 2 and "augment.sharpen: differ from" in r.stderr, r.stderr[-2000:]
+    assert (os.path.getmtime(ck), open(cfg_file).read()) == before
 
 
 @pytest.mark.slow
