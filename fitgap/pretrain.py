@@ -56,12 +56,12 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
               "amp": "bf16", "channels_last": True, "compile": False, "sync_bn": False,
               "ckpt_every": 1000, "keep_every": 0, "log_every": 10, "threads": None, "deterministic": True},
-    # every: also probe every N steps during training (0: only at the end), logged with the elapsed time
     # sharpen: [lo, hi] (or null: off) -- every patch, after the op built it, becomes x + a (x - blur(x))
     # with its own a drawn uniformly in [lo, hi] (a = -1: a 3x3 binomial blur, a > 0: sharper). The
     # filter is the same at every pixel, so the period and phase of a rescaling trace survive it, while
     # how smooth a patch is stops telling its ratio: the classes must be told apart by their pattern.
     "augment": {"sharpen": None},
+    # every: also probe every N steps during training (0: only at the end), logged with the elapsed time
     "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True, "every": 0,
               "reference": True},
 }
@@ -138,7 +138,7 @@ def check_sharpen(value) -> None:
 def sharpen_strengths(lo: float, hi: float, n: int, seed: int, rank: int, step: int) -> torch.Tensor:
     """The n strengths of one step, drawn from a generator of (seed, rank, step) alone: the same on CPU
     and GPU, and a resumed run draws what the uninterrupted one drew."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_033 + step)
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_033 + step) % 2**63)
     return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
 
 

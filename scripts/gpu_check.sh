@@ -50,7 +50,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 echo "$gpus" | tee "$OUT/gpu.txt"
 cat "$OUT/versions.txt" >> "$OUT/gpu.txt"
 step build 240 "$PY" -m pip install --no-build-isolation --no-deps -e .
-step cuda_tests 120 "$PY" -m pytest -q -rs tests/test_rescale_gather.py -k cuda
+step cuda_tests 120 "$PY" -m pytest -q -rs tests/test_rescale_gather.py tests/test_sharpen.py -k cuda
 step bench_rescale 90 "$PY" benchmarks/bench_rescale.py --device cuda
 if [ -f benchmarks/bench_pretrain.py ]; then
   step bench_pretrain 150 "$PY" benchmarks/bench_pretrain.py --device cuda

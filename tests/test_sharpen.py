@@ -94,6 +94,9 @@ def test_strengths_depend_on_seed_rank_and_step_alone():
                   {"seed": 3, "rank": 0, "step": 8}):
         assert not torch.equal(a, sharpen_strengths(-1.0, 1.0, 64, **other))
     assert torch.equal(sharpen_strengths(0.5, 0.5, 4, 0, 0, 0), torch.full((4,), 0.5, dtype=torch.float64))
+    for seed in (2**40, -5):  # any seed the config takes gives a valid generator seed
+        b = sharpen_strengths(-1.0, 1.0, 8, seed=seed, rank=7, step=10**6)
+        assert float(b.min()) >= -1.0 and float(b.max()) <= 1.0
 
 
 @pytest.mark.parametrize("value", [[1.0], [-2.0, 1.0], [1.0, 0.0], [0.0, 9.0], ["a", 1], True, 0.5, [True, 1]])
@@ -134,3 +137,18 @@ def test_contrastive_step_feeds_the_model_the_sharpened_patches(tmp_path, monkey
     want = sharpen(plain, sharpen_strengths(-1.0, 1.0, 3, cfg["seed"], 0, 5))
     torch.testing.assert_close(augmented, want)
     assert not torch.allclose(augmented, plain, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_the_cpu(dtype):
+    """On the GPU, in the dtypes pre-training builds patches in (bf16 with amp), NCHW and channels_last."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    a = sharpen_strengths(-1.0, 1.0, 6, seed=0, rank=0, step=1)
+    want = sharpen(x, a)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = sharpen(x.to("cuda", dtype).contiguous(memory_format=layout), a)
+        assert got.dtype == dtype and got.is_contiguous(memory_format=layout)
+        tol = 1e-5 if dtype == torch.float32 else 5e-2
+        torch.testing.assert_close(got.float().cpu(), want, atol=tol, rtol=tol)
