@@ -50,7 +50,7 @@ def bench_images() -> str:
                 Image.fromarray(img).save(path)
         return folder
 from fitgap.plan import make_plan  # noqa: E402
-from fitgap.pretrain import DEFAULTS, amp_context, build_patches, build_spec, sharpen, sharpen_strengths  # noqa: E402
+from fitgap.pretrain import DEFAULTS, amp_context, augment_patches, build_patches, build_spec  # noqa: E402
 
 
 def setup(cfg, device):
@@ -91,7 +91,6 @@ def breakdown(cfg, device, steps):
     ds = PlannedWindows(WindowDataset(paths, cache_images=cfg["data"]["cache_images"]))
     sampler = PlanBatchSampler(len(paths), spec, 0, 1, 0, steps_per_epoch=steps + 2)
     sampler.set_epoch(0)
-    band = cfg["augment"]["sharpen"]
     t = {k: 0.0 for k in ("plan", "load + pack", "copy", "rescale_gather", "augment.sharpen", "forward + backward",
                           "optimiser")}
     rng = np.random.default_rng(0)
@@ -109,8 +108,7 @@ def breakdown(cfg, device, steps):
         x = build_patches({**batch, "pixels": pixels}, cfg, device)
         sync(str(device))
         t4 = time.perf_counter()
-        if band:  # what contrastive_step does when the config asks for it
-            x = sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], 0, i))
+        x = augment_patches(x, cfg, 0, i)  # what contrastive_step does (nothing when augment.sharpen is off)
         sync(str(device))
         t4b = time.perf_counter()
         with amp_context(cfg["train"]["amp"], device):

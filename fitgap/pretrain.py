@@ -194,11 +194,16 @@ def build_patches(batch: Dict[str, Any], cfg: Dict[str, Any], device: torch.devi
                                       channels_last=cfg["train"]["channels_last"])
 
 
-def contrastive_step(model, batch, cfg, device, info: D.DistInfo, step: int = 0):
-    x = build_patches(batch, cfg, device)
+def augment_patches(x: torch.Tensor, cfg: Dict[str, Any], rank: int, step: int) -> torch.Tensor:
+    """The config's augmentation of the built patches (augment.sharpen), or x as it is when off."""
     band = cfg["augment"]["sharpen"]
-    if band:
-        x = sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], info.rank, step))
+    if not band:
+        return x
+    return sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], rank, step))
+
+
+def contrastive_step(model, batch, cfg, device, info: D.DistInfo, step: int = 0):
+    x = augment_patches(build_patches(batch, cfg, device), cfg, info.rank, step)
     labels = batch["labels"].to(device, non_blocking=True)
     with amp_context(cfg["train"]["amp"], device):
         z = model(x)
