@@ -18,9 +18,10 @@ Every step resumes or is skipped when its output already exists.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import subprocess
+import runpy
 import sys
 import time
 from typing import Dict, List, Sequence
@@ -77,9 +78,51 @@ def score_text(finetune_config: str = FINETUNE_CONFIG) -> str:
     return "the head trained on real vs fake (`score: head`)"
 
 
+class _FreshState:
+    """What a step would find in a process of its own: torch's thread count, generator state and
+    deterministic-algorithms flag as they were when the demo started (the training steps set their
+    own; evaluation steps use these)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.threads = torch.get_num_threads()
+        self.rng = torch.get_rng_state()
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+
+    def restore(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        torch.set_rng_state(self.rng)
+        torch.use_deterministic_algorithms(self.deterministic)
+
+
+_FRESH: List[_FreshState] = []
+
+
 def sh(*args: str) -> None:
+    """Run one step, a repository script (`train_contrastive.py ...`) or a module (`-m fitgap.audit ...`)
+    with these arguments, as `python <args>` would, but in this process: the demo's 18 steps would
+    otherwise each spend seconds importing torch, torchvision and timm again. Each step starts from the
+    torch state the demo started with; a step that fails stops the demo with its exit status."""
     print("+ " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, *args], check=True)
+    if not _FRESH:
+        _FRESH.append(_FreshState())
+    _FRESH[0].restore()
+    saved = sys.argv[:]
+    try:
+        if args[0] == "-m":
+            sys.argv = [args[1], *args[2:]]
+            importlib.import_module(args[1]).main(list(args[2:]))
+        else:
+            sys.argv = list(args)
+            runpy.run_path(args[0], run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+    finally:
+        sys.argv = saved
 
 
 def repeat_summary(runs: Dict[str, List[dict]], train_family: str = TRAIN_FAMILY,
@@ -171,6 +214,7 @@ def main(argv=None) -> None:
     tag = "demo" if args.seed == 0 else f"demo_seed{args.seed}"
     RUN = os.path.join("runs", tag)
     seed = [f"seed={args.seed}"]
+    _FRESH[:] = [_FreshState()]  # before the mini-benchmark's build moves torch's generator
     t0 = time.time()
     from .minibench import ensure_minibench
     from .photos import export_photos
