@@ -14,6 +14,7 @@ process), and, for scale, `python -c "import fitgap.evaluate"` (the imports alon
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,7 +42,6 @@ def main(argv=None) -> None:
 
     from fitgap import demo
 
-    demo._FRESH[:] = [demo._FreshState()]
     out = tempfile.mkdtemp(prefix="bench_demo_steps_")
     steps = {
         "evaluate": ["evaluate.py", "--ckpt", args.ckpt, "--bench", "mini", "--split", "test",
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
         [sys.executable, "-c", "import fitgap.evaluate"], check=True, **quiet)}
     for name, cmd in steps.items():
         fns[f"{name}, subprocess"] = lambda cmd=cmd: subprocess.run([sys.executable, *cmd], check=True, **quiet)
-        fns[f"{name}, in process"] = lambda cmd=cmd: _quiet(demo.sh, *cmd)
+        fns[f"{name}, in process"] = lambda cmd=cmd: _quiet(demo.sh, *cmd)  # sh captures the starting state
     t = time_interleaved(fns, repeat=args.repeat, warmup=1)
     print(f"CPU: {cpu_model()}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
           f"{torch.get_num_threads()} threads; median of {args.repeat} round-robin rounds\n")
@@ -67,13 +67,8 @@ def main(argv=None) -> None:
 
 
 def _quiet(fn, *args):
-    with open(os.devnull, "w") as null:
-        saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = null
-        try:
-            fn(*args)
-        finally:
-            sys.stdout, sys.stderr = saved
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        fn(*args)
 
 
 if __name__ == "__main__":

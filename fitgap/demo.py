@@ -24,7 +24,7 @@ import os
 import runpy
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .files import atomic_write_text
 from .evaluate import _fmt as _pct
@@ -98,7 +98,7 @@ class _FreshState:
         torch.use_deterministic_algorithms(self.deterministic)
 
 
-_FRESH: List[_FreshState] = []
+_START: Optional[_FreshState] = None  # captured when main() starts (or at the first step run outside it)
 
 
 def sh(*args: str) -> None:
@@ -106,10 +106,11 @@ def sh(*args: str) -> None:
     with these arguments, as `python <args>` would, but in this process: the demo's 18 steps would
     otherwise each spend seconds importing torch, torchvision and timm again. Each step starts from the
     torch state the demo started with; a step that fails stops the demo with its exit status."""
+    global _START
     print("+ " + " ".join(args), flush=True)
-    if not _FRESH:
-        _FRESH.append(_FreshState())
-    _FRESH[0].restore()
+    if _START is None:
+        _START = _FreshState()
+    _START.restore()
     saved = sys.argv[:]
     try:
         if args[0] == "-m":
@@ -206,7 +207,7 @@ def plot_ablation(summary: Dict[str, dict], path: str) -> None:
 def main(argv=None) -> None:
     import argparse
 
-    global RUN
+    global RUN, _START
     ap = argparse.ArgumentParser(description="The whole method in miniature on the embedded data (CPU).")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of pre-training and fine-tuning; runs/demo for 0, runs/demo_seed<S> otherwise")
@@ -214,7 +215,7 @@ def main(argv=None) -> None:
     tag = "demo" if args.seed == 0 else f"demo_seed{args.seed}"
     RUN = os.path.join("runs", tag)
     seed = [f"seed={args.seed}"]
-    _FRESH[:] = [_FreshState()]  # before the mini-benchmark's build moves torch's generator
+    _START = _FreshState()  # before the mini-benchmark's build moves torch's generator
     t0 = time.time()
     from .minibench import ensure_minibench
     from .photos import export_photos

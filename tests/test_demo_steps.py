@@ -28,8 +28,8 @@ def fresh_demo_state(monkeypatch):
     """The state the demo captures when it starts, restored after the test."""
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     det = torch.are_deterministic_algorithms_enabled()
-    monkeypatch.setattr(demo, "_FRESH", [demo._FreshState()])
-    yield demo._FRESH[0]
+    monkeypatch.setattr(demo, "_START", demo._FreshState())
+    yield demo._START
     torch.set_num_threads(threads)
     torch.set_rng_state(rng)
     torch.use_deterministic_algorithms(det)
