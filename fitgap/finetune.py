@@ -25,7 +25,7 @@ from .models import SCORES, Detector, check_encoder_config, encoder_from_config,
 from .realdist import MIN_REALS
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_train_common
+from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_sharpen, check_train_common, sharpen, sharpen_strengths
 from .runlog import JsonlLog, start_run
 from .seeding import loader_seeding, seed_everything
 
@@ -40,7 +40,9 @@ DEFAULTS: Dict[str, Any] = {
     "data": {"bench": "mini", "root": None, "split": "train", "subsets": None, "val_fraction": 0.2,
              "workers": 2},
     "patch": 128,
-    "augment": {"flip": True, "jpeg_prob": 0.0, "blur_prob": 0.0},
+    # sharpen: null, or [lo, hi]: every training crop x becomes x + a (x - blur(x)), a drawn in [lo, hi] per
+    # crop (fitgap.pretrain.sharpen, the pre-training's augment.sharpen applied to the fine-tuning's batches)
+    "augment": {"flip": True, "jpeg_prob": 0.0, "blur_prob": 0.0, "sharpen": None},
     "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
     "model": copy.deepcopy(PRETRAIN_DEFAULTS["model"]),
     # encoder_lr_scale: the encoder learns at lr x this (the head at lr): below 1 keeps more of what
@@ -79,6 +81,7 @@ def check(cfg: Dict[str, Any], world_size: int) -> None:
     C.require(cfg["eval"]["crop"] in ("center", "tiles"), "eval.crop", "center or tiles")
     C.require(cfg["device"] in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
     C.require(cfg["score"] in SCORES, "score", f"one of {', '.join(SCORES)}, got {cfg['score']!r}")
+    check_sharpen(cfg["augment"]["sharpen"])
     check_train_common(cfg)
 
 
@@ -227,6 +230,10 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
         if t["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(info.device, non_blocking=True)
+        band = cfg["augment"]["sharpen"]
+        if band:  # drawn from (seed, rank, step) alone: a resumed run draws what the uninterrupted one drew
+            x = sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], info.rank,
+                                             state["step"]))
         with amp_context(t["amp"], info.device):
             logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)

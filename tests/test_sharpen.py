@@ -1,7 +1,10 @@
-"""Pre-training's sharpen/blur augmentation (augment.sharpen): the filter against a direct numpy
-reference, shift-invariance (the period and phase of a rescaling trace survive it), the strengths'
-determinism, the config's refusals, and that contrastive_step feeds the model what it promises."""
+"""The sharpen/blur augmentation (augment.sharpen) of pre-training and of fine-tuning: the filter against
+a direct numpy reference, shift-invariance (the period and phase of a rescaling trace survive it), the
+strengths' determinism, the configs' refusals, and that contrastive_step and the fine-tuning's epoch feed
+the model what they promise."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -137,6 +140,66 @@ def test_contrastive_step_feeds_the_model_the_sharpened_patches(tmp_path, monkey
     want = sharpen(plain, sharpen_strengths(-1.0, 1.0, 3, cfg["seed"], 0, 5))
     torch.testing.assert_close(augmented, want)
     assert not torch.allclose(augmented, plain, atol=1e-3)
+
+
+def test_finetuning_refuses_a_bad_band_and_the_demo_leaves_it_off(tmp_path):
+    from fitgap import finetune
+
+    ft = os.path.join(ROOT, "configs", "demo_finetune.yaml")
+    cfg = C.load_config(ft, ["init=null"], finetune.DEFAULTS)
+    assert cfg["augment"]["sharpen"] is None  # the demo fine-tunes on the crops as they are
+    finetune.check(cfg, 1)
+    finetune.check(C.load_config(ft, ["init=null", "augment.sharpen=[-1, 1]"], finetune.DEFAULTS), 1)
+    bad = C.load_config(ft, ["init=null", "augment.sharpen=[0.5, -0.5]"], finetune.DEFAULTS)
+    with pytest.raises(C.ConfigError, match="augment.sharpen"):
+        finetune.check(bad, 1)
+    # refused by finetune.py before any data is read or any run folder is made
+    out = tmp_path / "runs"
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "finetune.py"), "--config", ft, "init=null",
+         f"out_dir={out}", "data.root=/nonexistent", "augment.sharpen=[0, 9]"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "augment.sharpen" in r.stderr, r.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_a_finetuning_epoch_feeds_the_model_the_sharpened_crops_drawn_by_step():
+    """With the band set, the crops the model sees at step s are sharpen(crops, strengths(seed, rank, s)):
+    the same draw a resumed run makes at that step, whatever the global generator did before."""
+    from fitgap import finetune
+
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0.0, 1.0, 0.0, 1.0]), [])
+               for _ in range(2)]
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.detach().clone())
+            return x.mean((1, 2, 3)) * 0 + self.w
+
+    seen = {}
+    for band in ("null", "[-1, 1]"):
+        cfg = C.load_config(os.path.join(ROOT, "configs", "demo_finetune.yaml"),
+                            ["init=null", f"augment.sharpen={band}", "seed=7", "train.log_every=1000"],
+                            finetune.DEFAULTS)
+        model = Recorder()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        torch.manual_seed(123 if band == "null" else 321)  # the global stream plays no part
+        state = {"epoch": 0, "step": 5}
+        finetune.train_one_epoch(model, batches, opt, torch.amp.GradScaler("cpu", enabled=False), [0.0] * 10,
+                                 cfg, D.DistInfo(), state, None)
+        assert state["step"] == 7
+        seen[band] = model.seen
+    for k, (x, _, _) in enumerate(batches):
+        assert torch.equal(seen["null"][k], x)
+        want = sharpen(x, sharpen_strengths(-1.0, 1.0, 4, 7, 0, 5 + k))
+        torch.testing.assert_close(seen["[-1, 1]"][k], want)
+        assert not torch.allclose(seen["[-1, 1]"][k], x, atol=1e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
