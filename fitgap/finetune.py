@@ -144,7 +144,7 @@ def build_model(cfg: Dict[str, Any]) -> Detector:
 
 
 # what a resumed run must share with its checkpoint
-RESUME_SAME = ("model", "mode", "normalize", "patch")
+RESUME_SAME = ("model", "mode", "normalize", "patch", "augment")
 
 
 def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:

@@ -100,6 +100,10 @@ def test_full_finetune_changes_encoder_and_resumes(tree, pretrained, tmp_path):
     r = run(args + ["mode=linear", "train.epochs=4"], check=False)
     assert r.returncode == 2 and "mode: differ from" in r.stderr, r.stderr[-2000:]
     assert cfg_file.read_text() == before
+    # so is another augmentation: a resumed run draws its crops as the interrupted one did
+    r = run(args + ["augment.sharpen=[-1, 1]", "train.epochs=4"], check=False)
+    assert r.returncode == 2 and "augment.sharpen: differ from" in r.stderr, r.stderr[-2000:]
+    assert cfg_file.read_text() == before
 
 
 def test_evaluate_writes_tables_and_counts_unreadable(tree, pretrained, tmp_path):
