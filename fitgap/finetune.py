@@ -227,13 +227,13 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
         for g in enc_group if frozen else ():
             g["lr"] = 0.0
         x = x.to(info.device, non_blocking=True)
-        if t["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(info.device, non_blocking=True)
         band = cfg["augment"]["sharpen"]
         if band:  # drawn from (seed, rank, step) alone: a resumed run draws what the uninterrupted one drew
             x = sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], info.rank,
                                              state["step"]))
+        if t["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(info.device, non_blocking=True)
         with amp_context(t["amp"], info.device):
             logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
