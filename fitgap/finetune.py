@@ -25,7 +25,7 @@ from .models import SCORES, Detector, check_encoder_config, encoder_from_config,
 from .realdist import MIN_REALS
 from .optim import amp_context, cosine_schedule, optimizer_step, set_lr
 from .pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-from .pretrain import IMAGENET_MEAN, IMAGENET_STD, check_sharpen, check_train_common, sharpen, sharpen_strengths
+from .pretrain import IMAGENET_MEAN, IMAGENET_STD, augment_patches, check_sharpen, check_train_common
 from .runlog import JsonlLog, start_run
 from .seeding import loader_seeding, seed_everything
 
@@ -227,10 +227,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, cfg, info, state
         for g in enc_group if frozen else ():
             g["lr"] = 0.0
         x = x.to(info.device, non_blocking=True)
-        band = cfg["augment"]["sharpen"]
-        if band:  # drawn from (seed, rank, step) alone: a resumed run draws what the uninterrupted one drew
-            x = sharpen(x, sharpen_strengths(float(band[0]), float(band[1]), x.shape[0], cfg["seed"], info.rank,
-                                             state["step"]))
+        x = augment_patches(x, cfg, info.rank, state["step"])  # augment.sharpen, drawn from (seed, rank, step)
         if t["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(info.device, non_blocking=True)

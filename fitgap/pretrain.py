@@ -195,7 +195,8 @@ def build_patches(batch: Dict[str, Any], cfg: Dict[str, Any], device: torch.devi
 
 
 def augment_patches(x: torch.Tensor, cfg: Dict[str, Any], rank: int, step: int) -> torch.Tensor:
-    """The config's augmentation of the built patches (augment.sharpen), or x as it is when off."""
+    """The config's augmentation (augment.sharpen) of a batch: pre-training's built patches, fine-tuning's
+    training crops; x as it is when off. Strengths from (seed, rank, step): a resumed run draws alike."""
     band = cfg["augment"]["sharpen"]
     if not band:
         return x
