@@ -15,12 +15,16 @@
    and write runs/demo/report.md;
 7. keep a few test images with their logits in runs/demo/reference (`fitgap detect --check` recomputes them).
 Every step resumes or is skipped when its output already exists.
+
+`--seed S` runs it with another seed (runs/demo_seed<S>); `--run NAME` with `--pretrain KEY=VALUE` and
+`--finetune KEY=VALUE` runs a changed demo in runs/NAME, every override checked before any work.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import re
 import runpy
 import sys
 import time
@@ -39,40 +43,41 @@ TRAIN_FAMILY = "tconv"
 DIFFUSION_LIKE = ("pixdiff", "ldm")
 
 
-def scratch_overrides(pretrain_config: str = PRETRAIN_CONFIG) -> List[str]:
+def scratch_overrides(pretrain_config: str = PRETRAIN_CONFIG, overrides: Sequence[str] = ()) -> List[str]:
     """Overrides that give the from-scratch ablation the SAME encoder (and input normalisation) as
-    the pre-trained run: without them it would train the fine-tuning default architecture."""
+    the pre-trained run (its config with `overrides`): without them it would train the fine-tuning
+    default architecture."""
     from . import config as C
     from .pretrain import DEFAULTS
 
-    cfg = C.load_config(pretrain_config, [], DEFAULTS)
+    cfg = C.load_config(pretrain_config, overrides, DEFAULTS)
     return [f"{section}.{k}={json.dumps(v)}" for section in ("model", "normalize")
             for k, v in cfg[section].items()]
 
 
-def eval_crop(finetune_config: str = FINETUNE_CONFIG) -> int:
+def eval_crop(finetune_config: str = FINETUNE_CONFIG, overrides: Sequence[str] = ()) -> int:
     """The demo detector's evaluation crop (eval.size of the fine-tuning config, else its patch)."""
     from . import config as C
     from .finetune import DEFAULTS
 
-    cfg = C.load_config(finetune_config, [], DEFAULTS)
+    cfg = C.load_config(finetune_config, overrides, DEFAULTS)
     return int(cfg["eval"]["size"] or cfg["patch"])
 
 
-def pretrain_patch(pretrain_config: str = PRETRAIN_CONFIG) -> int:
+def pretrain_patch(pretrain_config: str = PRETRAIN_CONFIG, overrides: Sequence[str] = ()) -> int:
     """The patch side the demo encoder is pre-trained (and probed) at: plan.patch of the pre-training config."""
     from . import config as C
     from .pretrain import DEFAULTS
 
-    return int(C.load_config(pretrain_config, [], DEFAULTS)["plan"]["patch"])
+    return int(C.load_config(pretrain_config, overrides, DEFAULTS)["plan"]["patch"])
 
 
-def score_text(finetune_config: str = FINETUNE_CONFIG) -> str:
+def score_text(finetune_config: str = FINETUNE_CONFIG, overrides: Sequence[str] = ()) -> str:
     """What the demo detectors' logit is, in words (the fine-tuning config's `score`)."""
     from . import config as C
     from .finetune import DEFAULTS
 
-    if C.load_config(finetune_config, [], DEFAULTS)["score"] == "distance":
+    if C.load_config(finetune_config, overrides, DEFAULTS)["score"] == "distance":
         return (f"the features' distance from {TRAIN_FAMILY}'s training reals (`score: distance`, fitted when "
                 "fine-tuning ends; the head is what fine-tuning trains)")
     return "the head trained on real vs fake (`score: head`)"
@@ -204,6 +209,29 @@ def plot_ablation(summary: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SET_BY_DEMO = ("name", "seed", "init")  # keys the demo sets itself for every step
+
+
+def check_variant(pretrain: Sequence[str], finetune: Sequence[str]) -> None:
+    """Refuse, before any work, overrides of the demo's configs that the steps would refuse later: every key
+    and type (config.load_config), the pre-training plan and encoder (pretrain.build_spec), the fine-tuning
+    (finetune.check, before its init exists), and the keys the demo sets itself."""
+    from . import config as C
+    from .finetune import DEFAULTS as FT_DEFAULTS
+    from .finetune import check as check_finetune
+    from .pretrain import DEFAULTS as PT_DEFAULTS
+    from .pretrain import build_spec
+
+    for flag, overrides in (("--pretrain", pretrain), ("--finetune", finetune)):
+        for o in overrides:
+            key = o.split("=", 1)[0].strip()
+            if key in SET_BY_DEMO:
+                raise C.ConfigError(f"{flag} {o}: the demo sets {key} itself for every step")
+    build_spec(C.load_config(PRETRAIN_CONFIG, pretrain, PT_DEFAULTS), 1)
+    check_finetune(C.load_config(FINETUNE_CONFIG, [*finetune, "init=null"], FT_DEFAULTS), 1)
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -211,26 +239,45 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="The whole method in miniature on the embedded data (CPU).")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of pre-training and fine-tuning; runs/demo for 0, runs/demo_seed<S> otherwise")
+    ap.add_argument("--run", default=None, metavar="NAME",
+                    help="the run folder, runs/NAME (default: demo for seed 0, demo_seed<S> otherwise); required "
+                         "with --pretrain or --finetune, so that a changed demo never resumes or overwrites the "
+                         "shipped one")
+    ap.add_argument("--pretrain", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"an override of {PRETRAIN_CONFIG} (repeatable), e.g. model.trace_features=256; the "
+                         "scratch ablation trains the same architecture")
+    ap.add_argument("--finetune", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"an override of {FINETUNE_CONFIG} for both fine-tunings (repeatable), "
+                         "e.g. augment.sharpen=[-1,1]")
     args = ap.parse_args(argv)
-    tag = "demo" if args.seed == 0 else f"demo_seed{args.seed}"
+    if (args.pretrain or args.finetune) and args.run is None:
+        ap.error("--pretrain and --finetune need --run NAME: a changed demo gets a run folder of its own")
+    if args.run is not None and not RUN_NAME.fullmatch(args.run):
+        ap.error(f"--run {args.run!r}: a folder name under runs/ (letters, digits, '_', '.', '-')")
+    if (args.pretrain or args.finetune) and re.fullmatch(r"demo(_seed\d+)?", args.run):
+        ap.error(f"--run {args.run}: the shipped demo's folder; a changed demo needs another name")
+    tag = args.run or ("demo" if args.seed == 0 else f"demo_seed{args.seed}")
     RUN = os.path.join("runs", tag)
     seed = [f"seed={args.seed}"]
     _START = _FreshState()  # before the mini-benchmark's build moves torch's generator
     t0 = time.time()
+    from .cli import run_main
     from .minibench import ensure_minibench
     from .photos import export_photos
 
     export_photos(os.path.join(".cache", "photos"))
+    run_main(check_variant, args.pretrain, args.finetune)  # before the mini-benchmark's build and any run
     ensure_minibench()
     timings = {"data": time.time() - t0}
 
     t = time.time()
-    sh("train_contrastive.py", "--config", PRETRAIN_CONFIG, f"name={tag}/pretrain", *seed)
+    sh("train_contrastive.py", "--config", PRETRAIN_CONFIG, *args.pretrain, f"name={tag}/pretrain", *seed)
     timings["pretrain"] = time.time() - t
     pre = os.path.join(RUN, "pretrain", "checkpoint.pt")
     t = time.time()
+    crop = eval_crop(FINETUNE_CONFIG, args.finetune)
     sh("-m", "fitgap.analysis", "transfer", "--ckpt", pre, "--bench", "mini", "--train-subset", TRAIN_FAMILY,
-       "--split", "test", "--crop", str(eval_crop()), "--out", os.path.join(RUN, "transfer"), "--device", "cpu")
+       "--split", "test", "--crop", str(crop), "--out", os.path.join(RUN, "transfer"), "--device", "cpu")
     timings["frozen transfer"] = time.time() - t
 
     results, repeats = {}, {"pretrained": [], "scratch": []}
@@ -239,9 +286,9 @@ def main(argv=None) -> None:
         for label, name, init in (("pretrained", "finetune", pre), ("scratch", "finetune_scratch", "null")):
             name = name if k == 0 else f"{name}_r{k}"
             t = time.time()
-            extra = scratch_overrides() if init == "null" else []
-            sh("finetune.py", "--config", FINETUNE_CONFIG, f"name={tag}/{name}", f"init={init}", f"seed={ft_seed}",
-               *extra)
+            extra = scratch_overrides(PRETRAIN_CONFIG, args.pretrain) if init == "null" else []
+            sh("finetune.py", "--config", FINETUNE_CONFIG, *args.finetune, f"name={tag}/{name}", f"init={init}",
+               f"seed={ft_seed}", *extra)
             out = os.path.join(RUN, name, "eval_mini")
             sh("evaluate.py", "--ckpt", os.path.join(RUN, name, "best.pt"), "--bench", "mini", "--split", "test",
                "--out", out, "--device", "cpu")
@@ -265,11 +312,11 @@ def main(argv=None) -> None:
     timings["shortcut checks"] = time.time() - t
 
     t = time.time()
-    patch = pretrain_patch()  # patches of the pre-training size, at every diagonal offset 0-63
+    patch = pretrain_patch(PRETRAIN_CONFIG, args.pretrain)  # the pre-training size, at every diagonal offset 0-63
     sh("-m", "fitgap.analysis", "similarity", "--ckpt", pre, "--images", os.path.join(".cache", "photos", "heldout"),
        "--crop", str(patch + 64), "--patch", str(patch), "--count", "64", "--out", RUN, "--device", "cpu")
     sh("-m", "fitgap.analysis", "tsne", "--ckpt", os.path.join(RUN, "finetune", "best.pt"), "--bench", "mini",
-       "--split", "test", "--patch", str(eval_crop()), "--n", "40", "--rescale", "48", "--out", RUN, "--device", "cpu")
+       "--split", "test", "--patch", str(crop), "--n", "40", "--rescale", "48", "--out", RUN, "--device", "cpu")
     timings["analysis"] = time.time() - t
 
     probe = [r for r in _read_jsonl(os.path.join(RUN, "pretrain", "log.jsonl")) if "probe" in r]
@@ -282,6 +329,11 @@ def main(argv=None) -> None:
              "diffusion, a latent-diffusion decoder) with held-out photos. "
              "The scratch row is the same fine-tuning without pre-training (the paper's Table 3 in "
              "miniature).", ""]
+    if args.pretrain or args.finetune:
+        lines += ["Changed from the shipped demo: " + "; ".join(
+            f"{path} with {', '.join(f'`{o}`' for o in overrides)}"
+            for path, overrides in ((PRETRAIN_CONFIG, args.pretrain), (FINETUNE_CONFIG, args.finetune)) if overrides)
+            + " (the scratch ablation trains the same architecture).", ""]
     if probe:
         from .probe import format_probe, probe_table
 
@@ -303,7 +355,7 @@ def main(argv=None) -> None:
               f"features as a distance from {TRAIN_FAMILY}'s training reals (fitgap.realdist; no fake is seen): "
               "what the encoder learned of real images alone.", ""] + format_transfer(transfer) + [""]
     lines += ["## Cross-family evaluation", "",
-              f"The detectors' logit: {score_text()}. "
+              f"The detectors' logit: {score_text(FINETUNE_CONFIG, args.finetune)}. "
               f"AP (%) over {REPEATS} fine-tunings of each initialisation (fine-tuning seeds {args.seed}, "
               + ", ".join(str(1000 * k + args.seed) for k in range(1, REPEATS)) + "; the pre-training is the same "
               "for all):", ""] + format_repeats(summary) + ["", "![AP per family](ablation_ap.png)", "",
