@@ -210,7 +210,13 @@ def plot_ablation(summary: Dict[str, dict], path: str) -> None:
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SHIPPED_RUN = re.compile(r"demo(_seed\d+)?")  # what shipped_run() names, for any seed
 SET_BY_DEMO = ("name", "seed", "init")  # keys the demo sets itself for every step
+
+
+def shipped_run(seed: int) -> str:
+    """The shipped demo's run folder under runs/ for a seed."""
+    return "demo" if seed == 0 else f"demo_seed{seed}"
 
 
 def check_variant(pretrain: Sequence[str], finetune: Sequence[str]) -> None:
@@ -224,10 +230,10 @@ def check_variant(pretrain: Sequence[str], finetune: Sequence[str]) -> None:
     from .pretrain import build_spec
 
     for flag, overrides in (("--pretrain", pretrain), ("--finetune", finetune)):
-        for o in overrides:
-            key = o.split("=", 1)[0].strip()
-            if key in SET_BY_DEMO:
-                raise C.ConfigError(f"{flag} {o}: the demo sets {key} itself for every step")
+        given = C.parse_overrides(overrides)
+        for key in SET_BY_DEMO:
+            if key in given:
+                raise C.ConfigError(f"{flag} {key}=...: the demo sets {key} itself for every step")
     build_spec(C.load_config(PRETRAIN_CONFIG, pretrain, PT_DEFAULTS), 1)
     check_finetune(C.load_config(FINETUNE_CONFIG, [*finetune, "init=null"], FT_DEFAULTS), 1)
 
@@ -254,9 +260,9 @@ def main(argv=None) -> None:
         ap.error("--pretrain and --finetune need --run NAME: a changed demo gets a run folder of its own")
     if args.run is not None and not RUN_NAME.fullmatch(args.run):
         ap.error(f"--run {args.run!r}: a folder name under runs/ (letters, digits, '_', '.', '-')")
-    if (args.pretrain or args.finetune) and re.fullmatch(r"demo(_seed\d+)?", args.run):
+    if (args.pretrain or args.finetune) and SHIPPED_RUN.fullmatch(args.run):
         ap.error(f"--run {args.run}: the shipped demo's folder; a changed demo needs another name")
-    tag = args.run or ("demo" if args.seed == 0 else f"demo_seed{args.seed}")
+    tag = args.run or shipped_run(args.seed)
     RUN = os.path.join("runs", tag)
     seed = [f"seed={args.seed}"]
     _START = _FreshState()  # before the mini-benchmark's build moves torch's generator
