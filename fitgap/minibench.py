@@ -200,9 +200,11 @@ def train_autoencoder(kind: str, tiles: List[np.ndarray], steps: int, seed: int)
     return model.eval()
 
 
-def train_denoiser(tiles: List[np.ndarray], steps: int, seed: int) -> TinyUNet:
+def train_denoiser(tiles: List[np.ndarray], steps: int, seed: int, t_max: int = DIFFUSION_STEPS) -> TinyUNet:
     """pixdiff: the U-Net learns to predict the noise of x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps on
-    random 48-px crops (x0 in [-1, 1]), t uniform over the schedule."""
+    random 48-px crops (x0 in [-1, 1]), t uniform over 1..t_max (the whole schedule unless told)."""
+    if not 1 <= t_max <= DIFFUSION_STEPS:
+        raise ValueError(f"t_max must lie in 1..{DIFFUSION_STEPS}, got {t_max}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = TinyUNet()
@@ -211,7 +213,7 @@ def train_denoiser(tiles: List[np.ndarray], steps: int, seed: int) -> TinyUNet:
     data = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     for _ in progress(range(steps), desc="denoiser pixdiff", leave=False, dynamic_ncols=True):
         x0 = _crops(data, rng, size=48)
-        t = torch.randint(1, DIFFUSION_STEPS + 1, (x0.shape[0],))
+        t = torch.randint(1, t_max + 1, (x0.shape[0],))
         eps = torch.randn_like(x0)
         a = ab[t].view(-1, 1, 1, 1)
         loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)

@@ -1,0 +1,114 @@
+"""How noisy the pixel-diffusion fakes are, against how well their U-Net is trained; the detectors on each.
+
+The mini-benchmark's pixdiff fakes come from a small denoising U-Net trained for 600 steps over the whole
+noise schedule and run SDEdit-style from strength 0.35 (`fitgap.minibench`). A diffusion model trained
+to convergence returns images with the reals' statistics; an under-trained one leaves part of the noise
+it was given. This rebuilds the test split's pixdiff fakes with the denoiser trained three ways, the
+same seeds as the build otherwise:
+
+- shipped: 600 steps, t uniform over the whole schedule (the build's own fakes, checked byte for byte
+  against the mini-benchmark's cache when it is there);
+- longer: 1800 steps, the whole schedule;
+- sdedit range: 900 steps, t only over the part of the schedule SDEdit samples (t <= 35 of 100).
+
+For each: PSNR to the reals, the fakes' Laplacian residual energy relative to their reals' (median over
+the tiles whose real has any), and the AP of every detector checkpoint given (its head, reals against
+fakes).
+
+    python benchmarks/pixdiff_denoiser.py runs/demo*/finetune*/best.pt [--out .cache/pixdiff_denoiser]
+
+Results: benchmarks/RESULTS.md, "What the detectors read of the pixel-diffusion fakes".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fitgap import minibench as M  # noqa: E402
+from fitgap.benchmarks import load_benchmark  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import residual_control as RC  # noqa: E402
+import source_shift as S  # noqa: E402
+
+SEED = M.FAMILIES.index("pixdiff")  # the build's seed for the denoiser (seed 0 + family index)
+TEST_NOISE_SEED = 200  # the build's SDEdit noise seed for the test split
+VARIANTS = {"shipped": dict(steps=600, t_max=M.DIFFUSION_STEPS),
+            "longer": dict(steps=1800, t_max=M.DIFFUSION_STEPS),
+            "sdedit range": dict(steps=900, t_max=round(M.SDEDIT_STRENGTH * M.DIFFUSION_STEPS))}
+
+
+def laplacian_energy(a: np.ndarray) -> float:
+    """Mean square of the grey tile's 4-neighbour Laplacian."""
+    g = a.astype(np.float64).mean(2)
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return float((lap ** 2).mean())
+
+
+def residual_energy_ratio(reals, fakes) -> float:
+    """Median over tile pairs of the fake's Laplacian energy over its real's (reals with none left out)."""
+    r = np.array([laplacian_energy(a) for a in reals])
+    f = np.array([laplacian_energy(a) for a in fakes])
+    keep = r > 0
+    return float(np.median(f[keep] / r[keep]))
+
+
+def build(out: str) -> dict:
+    """<out>/<variant>/pixdiff/{0_real,1_fake} (built once); returns {variant: (PSNR, residual energy ratio,
+    seconds)}."""
+    train, test = M.photo_tiles(M.TRAIN), M.photo_tiles(M.HELDOUT)
+    shipped = os.path.join(M.DEFAULT_CACHE, "test", "pixdiff", "1_fake")
+    stats = {}
+    for name, kw in VARIANTS.items():
+        t0 = time.time()
+        folder = os.path.join(out, name.replace(" ", "_"), "pixdiff")
+        fakes = RC.read_folder(os.path.join(folder, "1_fake"))
+        if len(fakes) != len(test) or len(RC.read_folder(os.path.join(folder, "0_real"))) != len(test):
+            fakes = M.sdedit(M.train_denoiser(train, kw["steps"], SEED, kw["t_max"]), test, TEST_NOISE_SEED)
+            M._save(os.path.join(folder, "0_real"), test)
+            M._save(os.path.join(folder, "1_fake"), fakes)
+        if name == "shipped" and os.path.isdir(shipped):
+            cached = RC.read_folder(shipped)
+            same = len(cached) == len(fakes) and all(np.array_equal(a, b) for a, b in zip(cached, fakes))
+            print(f"shipped variant identical to the mini-benchmark's pixdiff test fakes: {same}", flush=True)
+        stats[name] = (M.psnr(test, fakes), residual_energy_ratio(test, fakes), time.time() - t0)
+        print(f"{name}: PSNR {stats[name][0]:.1f} dB, residual energy {stats[name][1]:.1f}x the reals' "
+              f"({stats[name][2]:.0f} s)", flush=True)
+    return stats
+
+
+@torch.no_grad()
+def head_aps(ckpt: str, subsets) -> list:
+    """The AP of a detector's head on each subset."""
+    from sklearn.metrics import average_precision_score
+
+    from fitgap.detector import load_detector
+
+    det, cfg = load_detector(ckpt, "cpu")
+    return [average_precision_score(y, det.classifier(x).squeeze(1).numpy())
+            for _, x, y in S.family_features(det, cfg, subsets)]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ckpts", nargs="*", help="detector checkpoints (finetune.py's best.pt)")
+    ap.add_argument("--out", default=os.path.join(".cache", "pixdiff_denoiser"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    stats = build(args.out)
+    print("| detector | " + " | ".join(f"{n} ({s[1]:.1f}x, {s[0]:.1f} dB)" for n, s in stats.items()) + " |")
+    print("|---|" + "---|" * len(stats))
+    subsets = [load_benchmark("folder", os.path.join(args.out, n.replace(" ", "_")), None, ["pixdiff"])[0]
+               for n in stats]
+    for ck in args.ckpts:
+        print(f"| {ck} | " + " | ".join(f"{100 * a:.1f}" for a in head_aps(ck, subsets)) + " |", flush=True)
+
+if __name__ == "__main__":
+    main()

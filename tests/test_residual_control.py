@@ -1,0 +1,88 @@
+"""The controls of benchmarks/residual_control.py and the pixdiff denoiser's training range."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def test_phase_randomised_residual_keeps_every_channels_power_spectrum_and_mean_but_not_its_layout():
+    import residual_control as RC
+
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((32, 48, 3)).cumsum(1) + np.array([3.0, -1.0, 0.5])  # coloured, with a mean
+    p = RC.phase_randomised(d, np.random.default_rng(1))
+    assert p.shape == d.shape and np.isrealobj(p)
+    spec = lambda a: np.abs(np.fft.rfft2(a, axes=(0, 1)))  # noqa: E731
+    np.testing.assert_allclose(spec(p), spec(d), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(p.mean((0, 1)), d.mean((0, 1)), atol=1e-9)
+    assert abs(np.corrcoef(p[..., 0].ravel(), d[..., 0].ravel())[0, 1]) < 0.5  # the layout is gone
+    # one draw of phases for all channels: the channels' cross-correlation survives
+    same = np.repeat(rng.standard_normal((32, 48, 1)), 3, axis=2)
+    q = RC.phase_randomised(same, np.random.default_rng(2))
+    np.testing.assert_allclose(q[..., 0], q[..., 2], atol=1e-9)
+
+
+def test_white_control_keeps_the_residuals_mean_and_energy_per_channel():
+    import residual_control as RC
+
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((128, 128, 3)) * np.array([1.0, 4.0, 9.0]) + np.array([2.0, 0.0, -5.0])
+    w = RC.white(d, np.random.default_rng(3))
+    np.testing.assert_allclose(w.mean((0, 1)), d.mean((0, 1)), atol=0.3)  # 4 standard errors of 9/128
+    np.testing.assert_allclose(w.std((0, 1)), d.std((0, 1)), rtol=0.03)
+
+
+def test_controls_are_seeded_uint8_tiles_as_far_from_their_reals_as_the_fakes():
+    import residual_control as RC
+    from fitgap import minibench as M
+
+    rng = np.random.default_rng(0)
+    reals = [rng.integers(40, 200, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    fakes = [np.clip(r.astype(int) + rng.integers(-20, 21, r.shape), 0, 255).astype(np.uint8) for r in reals]
+    a, b = RC.controls(reals, fakes, seed=4), RC.controls(reals, fakes, seed=4)
+    for name in ("phases", "white"):
+        assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name]))
+        assert all(x.dtype == np.uint8 and x.shape == r.shape for x, r in zip(a[name], reals))
+        assert abs(M.psnr(reals, a[name]) - M.psnr(reals, fakes)) < 0.5
+        assert not any(np.array_equal(x, f) for x, f in zip(a[name], fakes))
+
+
+def test_residual_energy_ratio_skips_flat_reals_and_reads_added_noise():
+    import pixdiff_denoiser as PD
+
+    rng = np.random.default_rng(0)
+    textured = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    flat = np.full((32, 32, 3), 90, np.uint8)
+    assert PD.laplacian_energy(flat) == 0.0
+    smooth = np.repeat(np.repeat(textured[::4, ::4], 4, 0), 4, 1)
+    # the flat pair (0 energy) is left out; the smoothed copy has less residual energy than the original
+    assert PD.residual_energy_ratio([textured, flat], [smooth, textured]) < 1.0
+    assert PD.residual_energy_ratio([smooth], [textured]) > 1.0
+
+
+def test_denoiser_trains_only_on_the_steps_it_is_told(monkeypatch):
+    from fitgap import minibench as M
+
+    seen = []
+    forward = M.TinyUNet.forward
+
+    def spy(self, x, t):
+        seen.append(t.clone())
+        return forward(self, x, t)
+
+    monkeypatch.setattr(M.TinyUNet, "forward", spy)
+    tiles = [np.random.default_rng(0).integers(0, 256, (M.TILE, M.TILE, 3), dtype=np.uint8)]
+    M.train_denoiser(tiles, 20, seed=0, t_max=7)
+    t = torch.cat(seen)
+    assert int(t.min()) >= 1 and int(t.max()) <= 7 and len(set(t.tolist())) > 3
+    seen.clear()
+    M.train_denoiser(tiles, 20, seed=0)
+    assert int(torch.cat(seen).max()) > 7  # the whole schedule by default
+    for bad in (0, M.DIFFUSION_STEPS + 1):
+        with pytest.raises(ValueError, match="t_max"):
+            M.train_denoiser(tiles, 1, seed=0, t_max=bad)
