@@ -45,21 +45,6 @@ VARIANTS = {"shipped": dict(steps=600, t_max=M.DIFFUSION_STEPS),
             "sdedit range": dict(steps=900, t_max=round(M.SDEDIT_STRENGTH * M.DIFFUSION_STEPS))}
 
 
-def laplacian_energy(a: np.ndarray) -> float:
-    """Mean square of the grey tile's 4-neighbour Laplacian."""
-    g = a.astype(np.float64).mean(2)
-    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
-    return float((lap ** 2).mean())
-
-
-def residual_energy_ratio(reals, fakes) -> float:
-    """Median over tile pairs of the fake's Laplacian energy over its real's (reals with none left out)."""
-    r = np.array([laplacian_energy(a) for a in reals])
-    f = np.array([laplacian_energy(a) for a in fakes])
-    keep = r > 0
-    return float(np.median(f[keep] / r[keep]))
-
-
 def build(out: str) -> dict:
     """<out>/<variant>/pixdiff/{0_real,1_fake} (built once); returns {variant: (PSNR, residual energy ratio,
     seconds)}."""
@@ -78,7 +63,7 @@ def build(out: str) -> dict:
             cached = RC.read_folder(shipped)
             same = len(cached) == len(fakes) and all(np.array_equal(a, b) for a, b in zip(cached, fakes))
             print(f"shipped variant identical to the mini-benchmark's pixdiff test fakes: {same}", flush=True)
-        stats[name] = (M.psnr(test, fakes), residual_energy_ratio(test, fakes), time.time() - t0)
+        stats[name] = (M.psnr(test, fakes), M.residual_energy_ratio(test, fakes), time.time() - t0)
         print(f"{name}: PSNR {stats[name][0]:.1f} dB, residual energy {stats[name][1]:.1f}x the reals' "
               f"({stats[name][2]:.0f} s)", flush=True)
     return stats

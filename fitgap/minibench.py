@@ -15,9 +15,11 @@ decoder is an established proxy for a generated image; every output pixel comes 
   the decoded latent.
 
 Everything is saved as PNG so the file format carries no label. BUILT.json records, per family, how
-far the fakes are from their reals (PSNR) and the AP of a trivial baseline, a logistic regression on
-each tile's radial power spectrum (fitted on the train split, scored on the test split), so a family
-that is trivially separable, or identical to the reals, is seen.
+far the fakes are from their reals (PSNR), how much high-frequency residual they carry against their
+reals (the median ratio of Laplacian energies, so a family that is mostly added noise is seen) and the
+AP of a trivial baseline, a logistic regression on each tile's radial power spectrum (fitted on the
+train split, scored on the test split), so a family that is trivially separable, or identical to the
+reals, is seen.
 
     <cache>/{train,test}/{tconv,nearest,pshuffle,pixdiff,ldm}/{0_real,1_fake}/*.png
 """
@@ -253,6 +255,22 @@ def psnr(real: List[np.ndarray], fake: List[np.ndarray]) -> float:
     return float(np.mean(vals))
 
 
+def laplacian_energy(a: np.ndarray) -> float:
+    """Mean square of the grey tile's 4-neighbour Laplacian (its high-frequency residual)."""
+    g = a.astype(np.float64).mean(2)
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return float((lap ** 2).mean())
+
+
+def residual_energy_ratio(real: List[np.ndarray], fake: List[np.ndarray]) -> float:
+    """Median over tile pairs of the fake's Laplacian energy over its real's (reals with none left out):
+    above 1 the fakes are noisier or sharper than their reals, below 1 smoother."""
+    r = np.array([laplacian_energy(a) for a in real])
+    f = np.array([laplacian_energy(a) for a in fake])
+    keep = r > 0
+    return float(np.median(f[keep] / r[keep])) if keep.any() else float("nan")
+
+
 def radial_spectrum(a: np.ndarray, bins: int = 32) -> np.ndarray:
     """log mean power of the grey tile's 2-D spectrum in `bins` rings of radial frequency."""
     g = a.astype(np.float64).mean(2)
@@ -318,6 +336,7 @@ def build_minibench(cache: str = DEFAULT_CACHE, steps: int = 300, seed: int = 0)
             _save(os.path.join(cache, split, kind, "0_real"), tiles)
             _save(os.path.join(cache, split, kind, "1_fake"), fakes[split])
         stats[kind] = {"psnr_test": round(psnr(splits["test"], fakes["test"]), 2),
+                       "residual_energy_test": round(residual_energy_ratio(splits["test"], fakes["test"]), 2),
                        "spectrum_ap_test": round(spectrum_baseline_ap(
                            {"real": splits["train"], "fake": fakes["train"]},
                            {"real": splits["test"], "fake": fakes["test"]}), 4),

@@ -1,5 +1,6 @@
 """Fine-tuning, evaluation, detection and the mini-benchmark on tiny trees."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -404,6 +405,7 @@ def test_minibench_builds_once(tmp_path, monkeypatch):
     for fam in minibench.FAMILIES:  # how far each family's fakes are from the reals, and a trivial baseline
         stats = info["per_family"][fam]
         assert 5 < stats["psnr_test"] < 99 and 0 <= stats["spectrum_ap_test"] <= 1
+        assert math.isfinite(stats["residual_energy_test"]) and stats["residual_energy_test"] >= 0
     monkeypatch.setattr(minibench, "build_minibench", lambda *a, **k: pytest.fail("rebuilt"))
     assert minibench.ensure_minibench(cache) == cache
 
