@@ -36,7 +36,6 @@ from fitgap.benchmarks import load_benchmark  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import residual_control as RC  # noqa: E402
-import source_shift as S  # noqa: E402
 
 SEED = M.FAMILIES.index("pixdiff")  # the build's seed for the denoiser (seed 0 + family index)
 TEST_NOISE_SEED = 200  # the build's SDEdit noise seed for the test split
@@ -69,18 +68,6 @@ def build(out: str) -> dict:
     return stats
 
 
-@torch.no_grad()
-def head_aps(ckpt: str, subsets) -> list:
-    """The AP of a detector's head on each subset."""
-    from sklearn.metrics import average_precision_score
-
-    from fitgap.detector import load_detector
-
-    det, cfg = load_detector(ckpt, "cpu")
-    return [average_precision_score(y, det.classifier(x).squeeze(1).numpy())
-            for _, x, y in S.family_features(det, cfg, subsets)]
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpts", nargs="*", help="detector checkpoints (finetune.py's best.pt)")
@@ -93,7 +80,7 @@ def main(argv=None) -> None:
     subsets = [load_benchmark("folder", os.path.join(args.out, n.replace(" ", "_")), None, ["pixdiff"])[0]
                for n in stats]
     for ck in args.ckpts:
-        print(f"| {ck} | " + " | ".join(f"{100 * a:.1f}" for a in head_aps(ck, subsets)) + " |", flush=True)
+        print(f"| {ck} | " + " | ".join(f"{100 * a:.1f}" for a in RC.head_aps(ck, subsets)) + " |", flush=True)
 
 if __name__ == "__main__":
     main()
