@@ -87,8 +87,10 @@ def read_folder(folder: str) -> list:
 def build(src: str, out: str) -> None:
     """<out>/{phases,white}/{family}/{0_real,1_fake} from <src>/{family}/{0_real,1_fake} (once)."""
     for kind in M.FAMILIES:
-        if os.path.isdir(os.path.join(out, "white", kind, "1_fake")):
-            continue
+        n = len(glob.glob(os.path.join(src, kind, "0_real", "*.png")))
+        if n and all(len(glob.glob(os.path.join(out, c, kind, label, "*.png"))) == n
+                     for c in CONTROLS[1:] for label in ("0_real", "1_fake")):
+            continue  # built complete; a run killed mid-write leaves fewer files and is built again
         reals = read_folder(os.path.join(src, kind, "0_real"))
         fakes = read_folder(os.path.join(src, kind, "1_fake"))
         if len(reals) != len(fakes) or not reals:

@@ -86,3 +86,21 @@ def test_denoiser_trains_only_on_the_steps_it_is_told(monkeypatch):
     for bad in (0, M.DIFFUSION_STEPS + 1):
         with pytest.raises(ValueError, match="t_max"):
             M.train_denoiser(tiles, 1, seed=0, t_max=bad)
+
+
+def test_control_folders_are_rebuilt_when_a_run_left_them_incomplete(tmp_path):
+    import residual_control as RC
+    from fitgap import minibench as M
+
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / "src", tmp_path / "out"
+    for kind in M.FAMILIES:
+        M._save(str(src / kind / "0_real"), [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)])
+        M._save(str(src / kind / "1_fake"), [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)])
+    RC.build(str(src), str(out))
+    victim = out / "phases" / "tconv" / "1_fake" / "0002.png"
+    victim.unlink()  # as if killed while writing
+    kept = (out / "white" / "nearest" / "1_fake" / "0000.png").stat().st_mtime_ns
+    RC.build(str(src), str(out))
+    assert victim.exists()  # rebuilt
+    assert (out / "white" / "nearest" / "1_fake" / "0000.png").stat().st_mtime_ns == kept  # complete ones kept
