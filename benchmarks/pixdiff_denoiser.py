@@ -1,15 +1,15 @@
 """How noisy the pixel-diffusion fakes are, against how well their U-Net is trained; the detectors on each.
 
-The mini-benchmark's pixdiff fakes come from a small denoising U-Net trained for 600 steps over the whole
-noise schedule and run SDEdit-style from strength 0.35 (`fitgap.minibench`). A diffusion model trained
-to convergence returns images with the reals' statistics; an under-trained one leaves part of the noise
-it was given. This rebuilds the test split's pixdiff fakes with the denoiser trained three ways, the
-same seeds as the build otherwise:
+The mini-benchmark's pixdiff fakes come from a small denoising U-Net trained for 900 steps on the part of
+the noise schedule SDEdit samples (t <= 35 of 100) and run SDEdit-style from strength 0.35
+(`fitgap.minibench`). A diffusion model trained to convergence returns images with the reals' statistics;
+an under-trained one leaves part of the noise it was given. This rebuilds the test split's pixdiff fakes
+with the denoiser trained three ways, the same seeds as the build otherwise:
 
-- shipped: 600 steps, t uniform over the whole schedule (the build's own fakes, checked byte for byte
+- built: `minibench.train_pixdiff`, 900 steps on t <= 35 (the build's own fakes, checked byte for byte
   against the mini-benchmark's cache when it is there);
-- longer: 1800 steps, the whole schedule;
-- sdedit range: 900 steps, t only over the part of the schedule SDEdit samples (t <= 35 of 100).
+- version 4: 600 steps, t uniform over the whole schedule (the mini-benchmark's build before version 5);
+- longer: 1800 steps, the whole schedule.
 
 For each: PSNR to the reals, the fakes' Laplacian residual energy relative to their reals' (median over
 the tiles whose real has any), and the AP of every detector checkpoint given (its head, reals against
@@ -39,9 +39,9 @@ import residual_control as RC  # noqa: E402
 
 SEED = M.FAMILIES.index("pixdiff")  # the build's seed for the denoiser (seed 0 + family index)
 TEST_NOISE_SEED = 200  # the build's SDEdit noise seed for the test split
-VARIANTS = {"shipped": dict(steps=600, t_max=M.DIFFUSION_STEPS),
-            "longer": dict(steps=1800, t_max=M.DIFFUSION_STEPS),
-            "sdedit range": dict(steps=900, t_max=round(M.SDEDIT_STRENGTH * M.DIFFUSION_STEPS))}
+VARIANTS = {"built": dict(steps=M.PIXDIFF_STEP_FACTOR * M.BUILD_STEPS, t_max=M.PIXDIFF_T_MAX),
+            "version 4": dict(steps=2 * M.BUILD_STEPS, t_max=M.DIFFUSION_STEPS),
+            "longer": dict(steps=1800, t_max=M.DIFFUSION_STEPS)}
 
 
 def build(out: str) -> dict:
@@ -49,6 +49,7 @@ def build(out: str) -> dict:
     seconds)}."""
     train, test = M.photo_tiles(M.TRAIN), M.photo_tiles(M.HELDOUT)
     shipped = os.path.join(M.DEFAULT_CACHE, "test", "pixdiff", "1_fake")
+    M.refresh_derived(out, [name.replace(" ", "_") for name in VARIANTS])
     stats = {}
     for name, kw in VARIANTS.items():
         t0 = time.time()
@@ -58,10 +59,10 @@ def build(out: str) -> dict:
             fakes = M.sdedit(M.train_denoiser(train, kw["steps"], SEED, kw["t_max"]), test, TEST_NOISE_SEED)
             M._save(os.path.join(folder, "0_real"), test)
             M._save(os.path.join(folder, "1_fake"), fakes)
-        if name == "shipped" and os.path.isdir(shipped):
+        if name == "built" and os.path.isdir(shipped):
             cached = RC.read_folder(shipped)
             same = len(cached) == len(fakes) and all(np.array_equal(a, b) for a, b in zip(cached, fakes))
-            print(f"shipped variant identical to the mini-benchmark's pixdiff test fakes: {same}", flush=True)
+            print(f"built variant identical to the mini-benchmark's pixdiff test fakes: {same}", flush=True)
         stats[name] = (M.psnr(test, fakes), M.residual_energy_ratio(test, fakes), time.time() - t0)
         print(f"{name}: PSNR {stats[name][0]:.1f} dB, residual energy {stats[name][1]:.1f}x the reals' "
               f"({stats[name][2]:.0f} s)", flush=True)

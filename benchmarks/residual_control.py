@@ -85,7 +85,9 @@ def read_folder(folder: str) -> list:
 
 
 def build(src: str, out: str) -> None:
-    """<out>/{phases,white}/{family}/{0_real,1_fake} from <src>/{family}/{0_real,1_fake} (once)."""
+    """<out>/{phases,white}/{family}/{0_real,1_fake} from <src>/{family}/{0_real,1_fake} (once per
+    mini-benchmark version)."""
+    M.refresh_derived(out, list(CONTROLS[1:]))
     for kind in M.FAMILIES:
         n = len(glob.glob(os.path.join(src, kind, "0_real", "*.png")))
         if n and all(len(glob.glob(os.path.join(out, c, kind, label, "*.png"))) == n

@@ -71,18 +71,26 @@ def jpeg(a: np.ndarray, quality: int = 90) -> np.ndarray:
 
 
 def build(out: str) -> None:
-    """<out>/plain and <out>/jpeg_fakes, each {family}/{0_real,1_fake}/*.png (skipped when built)."""
-    if all(os.path.isdir(os.path.join(out, "jpeg_fakes", kind, "1_fake")) for kind in M.FAMILIES):
+    """<out>/plain and <out>/jpeg_fakes, each {family}/{0_real,1_fake}/*.png (a family skipped when built
+    whole for the current mini-benchmark version; the four folders are written in order, the JPEG fakes last)."""
+    M.refresh_derived(out, ["plain", "jpeg_fakes"])
+
+    def built(kind):
+        n = len(glob.glob(os.path.join(out, "plain", kind, "0_real", "*.png")))
+        return n > 0 and len(glob.glob(os.path.join(out, "jpeg_fakes", kind, "1_fake", "*.png"))) == n
+
+    if all(built(kind) for kind in M.FAMILIES):
         return
     tiles = other_camera_tiles()
     train = M.photo_tiles(M.TRAIN)
-    for f, kind in enumerate(M.FAMILIES):
-        if os.path.isdir(os.path.join(out, "jpeg_fakes", kind, "1_fake")):
+    for f, kind in enumerate(M.FAMILIES):  # the build's generators: its step counts and seeds (seed 0 + index)
+        if built(kind):
             continue
         if kind == "pixdiff":
-            fakes = M.sdedit(M.train_denoiser(train, 600, f), tiles, 300)
+            fakes = M.sdedit(M.train_pixdiff(train, M.BUILD_STEPS, f), tiles, 300)
         else:
-            fakes = M.reconstruct(M.train_autoencoder(kind, train, 600 if kind == "ldm" else 300, f), tiles)
+            steps = 2 * M.BUILD_STEPS if kind == "ldm" else M.BUILD_STEPS
+            fakes = M.reconstruct(M.train_autoencoder(kind, train, steps, f), tiles)
         for copy, fk in (("plain", fakes), ("jpeg_fakes", [jpeg(a) for a in fakes])):
             M._save(os.path.join(out, copy, kind, "0_real"), tiles)
             M._save(os.path.join(out, copy, kind, "1_fake"), fk)

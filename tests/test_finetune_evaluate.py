@@ -392,7 +392,11 @@ def test_minibench_builds_once(tmp_path, monkeypatch):
     from fitgap import minibench
 
     cache = str(tmp_path / "mb")
+    denoisers, train_denoiser = [], minibench.train_denoiser
+    monkeypatch.setattr(minibench, "train_denoiser", lambda tiles, steps, seed, t_max=minibench.DIFFUSION_STEPS:
+                        denoisers.append((steps, t_max)) or train_denoiser(tiles, steps, seed, t_max))
     minibench.build_minibench(cache, steps=3)
+    assert denoisers == [(9, minibench.PIXDIFF_T_MAX)]  # pixdiff's U-Net: SDEdit's range, 3x the steps
     for split in ("train", "test"):
         for fam in minibench.FAMILIES:
             real = os.listdir(os.path.join(cache, split, fam, "0_real"))
@@ -406,6 +410,7 @@ def test_minibench_builds_once(tmp_path, monkeypatch):
         stats = info["per_family"][fam]
         assert 5 < stats["psnr_test"] < 99 and 0 <= stats["spectrum_ap_test"] <= 1
         assert math.isfinite(stats["residual_energy_test"]) and stats["residual_energy_test"] >= 0
+    assert info["version"] == minibench.VERSION and info["pixdiff_denoiser"] == {"steps": 9, "t_max": 35}
     monkeypatch.setattr(minibench, "build_minibench", lambda *a, **k: pytest.fail("rebuilt"))
     assert minibench.ensure_minibench(cache) == cache
 

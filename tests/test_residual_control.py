@@ -104,3 +104,52 @@ def test_control_folders_are_rebuilt_when_a_run_left_them_incomplete(tmp_path):
     RC.build(str(src), str(out))
     assert victim.exists()  # rebuilt
     assert (out / "white" / "nearest" / "1_fake" / "0000.png").stat().st_mtime_ns == kept  # complete ones kept
+
+
+def test_the_builds_denoiser_trains_on_sdedits_range_for_three_times_the_autoencoders_steps(monkeypatch):
+    from fitgap import minibench as M
+
+    calls = []
+    monkeypatch.setattr(M, "train_denoiser", lambda tiles, steps, seed, t_max=M.DIFFUSION_STEPS:
+                        calls.append((steps, seed, t_max)) or "unet")
+    assert M.train_pixdiff([], 300, seed=3) == "unet"
+    assert calls == [(900, 3, 35)]
+    assert M.PIXDIFF_T_MAX == round(M.SDEDIT_STRENGTH * M.DIFFUSION_STEPS)  # SDEdit starts at t = 35
+
+
+def test_a_benchmark_cache_built_for_another_minibench_version_is_cleared_once(tmp_path, capsys):
+    from fitgap import minibench as M
+
+    out = tmp_path / "cache"
+    for d in ("plain", "jpeg_fakes", "notes"):
+        (out / d).mkdir(parents=True)
+        (out / d / "f.png").write_bytes(b"x")
+    M.refresh_derived(str(out), ["plain", "jpeg_fakes"])  # no stamp: built before stamps, so stale
+    assert not (out / "plain").exists() and not (out / "jpeg_fakes").exists()
+    assert (out / "notes" / "f.png").exists()  # what it does not own is left
+    assert (out / "MINIBENCH_VERSION").read_text().strip() == str(M.VERSION)
+    assert "rebuilding plain, jpeg_fakes" in capsys.readouterr().out
+    (out / "plain").mkdir()
+    M.refresh_derived(str(out), ["plain", "jpeg_fakes"])  # current: kept
+    assert (out / "plain").exists()
+    (out / "MINIBENCH_VERSION").write_text(f"{M.VERSION - 1}\n")
+    M.refresh_derived(str(out), ["plain", "jpeg_fakes"])
+    assert not (out / "plain").exists()
+
+
+def test_control_folders_are_rebuilt_after_the_minibench_changes(tmp_path):
+    import residual_control as RC
+    from fitgap import minibench as M
+
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / "src", tmp_path / "out"
+    for kind in M.FAMILIES:
+        for label in ("0_real", "1_fake"):
+            M._save(str(src / kind / label), [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)])
+    RC.build(str(src), str(out))
+    before = RC.read_folder(str(out / "phases" / "pixdiff" / "1_fake"))
+    M._save(str(src / "pixdiff" / "1_fake"), [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)])
+    (out / "MINIBENCH_VERSION").write_text("4\n")  # the fakes came from another build
+    RC.build(str(src), str(out))
+    after = RC.read_folder(str(out / "phases" / "pixdiff" / "1_fake"))
+    assert not all(np.array_equal(a, b) for a, b in zip(before, after))
