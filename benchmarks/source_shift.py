@@ -86,11 +86,7 @@ def build(out: str) -> None:
     for f, kind in enumerate(M.FAMILIES):  # the build's generators: its step counts and seeds (seed 0 + index)
         if built(kind):
             continue
-        if kind == "pixdiff":
-            fakes = M.sdedit(M.train_pixdiff(train, M.BUILD_STEPS, f), tiles, 300)
-        else:
-            steps = 2 * M.BUILD_STEPS if kind == "ldm" else M.BUILD_STEPS
-            fakes = M.reconstruct(M.train_autoencoder(kind, train, steps, f), tiles)
+        fakes = M.generate(kind, M.train_generator(kind, train, M.BUILD_STEPS, f), tiles, 300)
         for copy, fk in (("plain", fakes), ("jpeg_fakes", [jpeg(a) for a in fakes])):
             M._save(os.path.join(out, copy, kind, "0_real"), tiles)
             M._save(os.path.join(out, copy, kind, "1_fake"), fk)

@@ -323,6 +323,20 @@ def reconstruct(model: nn.Module, tiles: List[np.ndarray]) -> List[np.ndarray]:
     return out
 
 
+def train_generator(kind: str, tiles: List[np.ndarray], steps: int, seed: int) -> nn.Module:
+    """The build's generator of one family: `steps` training steps for an autoencoder, twice that for
+    the latent autoencoder and three times for the denoiser (they learn more from each step's noise or
+    compression; the denoiser's leftover noise is what a detector would read otherwise)."""
+    if kind == "pixdiff":
+        return train_pixdiff(tiles, steps, seed)
+    return train_autoencoder(kind, tiles, 2 * steps if kind == "ldm" else steps, seed)
+
+
+def generate(kind: str, model: nn.Module, tiles: List[np.ndarray], seed: int) -> List[np.ndarray]:
+    """One family's fakes of `tiles`: SDEdit with seeded noise (pixdiff) or the reconstruction (the others)."""
+    return sdedit(model, tiles, seed) if kind == "pixdiff" else reconstruct(model, tiles)
+
+
 def _save(folder: str, images: List[np.ndarray]) -> None:
     os.makedirs(folder, exist_ok=True)
     for i, a in enumerate(images):
@@ -330,21 +344,15 @@ def _save(folder: str, images: List[np.ndarray]) -> None:
 
 
 def build_minibench(cache: str = DEFAULT_CACHE, steps: int = BUILD_STEPS, seed: int = 0) -> str:
-    """Every family from the same real tiles: `steps` training steps per autoencoder, twice that for
-    the latent autoencoder and three times for the denoiser (they learn more from each step's noise or
-    compression; the denoiser's leftover noise is what a detector would read otherwise)."""
+    """Every family from the same real tiles, its generator trained `train_generator`'s way."""
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     splits = {"train": photo_tiles(TRAIN), "test": photo_tiles(HELDOUT)}
     stats = {}
     for f, kind in enumerate(FAMILIES):
         t = time.time()
-        if kind == "pixdiff":
-            model = train_pixdiff(splits["train"], steps, seed + f)
-            fakes = {split: sdedit(model, tiles, seed + 100 * (k + 1)) for k, (split, tiles) in enumerate(splits.items())}
-        else:
-            model = train_autoencoder(kind, splits["train"], 2 * steps if kind == "ldm" else steps, seed + f)
-            fakes = {split: reconstruct(model, tiles) for split, tiles in splits.items()}
+        model = train_generator(kind, splits["train"], steps, seed + f)
+        fakes = {split: generate(kind, model, tiles, seed + 100 * (k + 1)) for k, (split, tiles) in enumerate(splits.items())}
         for split, tiles in splits.items():
             _save(os.path.join(cache, split, kind, "0_real"), tiles)
             _save(os.path.join(cache, split, kind, "1_fake"), fakes[split])

@@ -153,3 +153,27 @@ def test_control_folders_are_rebuilt_after_the_minibench_changes(tmp_path):
     RC.build(str(src), str(out))
     after = RC.read_folder(str(out / "phases" / "pixdiff" / "1_fake"))
     assert not all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_other_camera_set_rebuilds_a_family_left_half_written_and_after_a_version_change(tmp_path, monkeypatch):
+    import source_shift as S
+    from fitgap import minibench as M
+
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    trained = []
+    monkeypatch.setattr(S, "other_camera_tiles", lambda: tiles)
+    monkeypatch.setattr(M, "photo_tiles", lambda names: tiles)
+    monkeypatch.setattr(M, "train_generator", lambda kind, train, steps, seed: trained.append(kind) or kind)
+    monkeypatch.setattr(M, "generate", lambda kind, model, t, seed: [255 - a for a in t])
+    out = tmp_path / "ss"
+    S.build(str(out))
+    assert trained == list(M.FAMILIES) and len(list((out / "jpeg_fakes" / "ldm" / "1_fake").glob("*.png"))) == 3
+    trained.clear()
+    (out / "jpeg_fakes" / "pixdiff" / "1_fake" / "0002.png").unlink()  # as if killed while writing
+    S.build(str(out))
+    assert trained == ["pixdiff"]  # the whole families kept
+    trained.clear()
+    (out / "MINIBENCH_VERSION").write_text(f"{M.VERSION - 1}\n")
+    S.build(str(out))
+    assert trained == list(M.FAMILIES)
