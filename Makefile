@@ -13,7 +13,7 @@ SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cpp csrc/cuda/*.h
 # the page test drives Debian's chromium through chromium-driver (nothing is downloaded at run time)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build browser test demo bench clean
+.PHONY: setup build browser photos test demo bench clean
 
 setup: $(VENV)/.installed
 build: $(EXT)
@@ -34,10 +34,19 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# the demo's probe reads Debian's camera photos beside its 4 held-out ones (packages, nothing else is
+# fetched); without them it reads the 4 alone and its report says so
+photos:
+	@if [ ! -d /usr/share/doc/opencv-doc/examples/data ] || [ ! -d /usr/share/palapeli/collection ]; then \
+	  echo "installing opencv-doc and palapeli-data (apt-get): the demo's probe photos"; \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq opencv-doc palapeli-data ) \
+	  || echo "warning: opencv-doc and palapeli-data could not be installed: the demo's probe reads its 4 held-out photos alone"; \
+	fi
+
 test: build browser
 	$(PY) -m pytest -q tests
 
-demo: build
+demo: build photos
 	$(PY) -m fitgap.demo
 
 bench: build

@@ -34,22 +34,16 @@ from fitgap.benchmarks import load_benchmark  # noqa: E402
 from fitgap.data import decode_rgb  # noqa: E402
 from fitgap.detector import load_detector  # noqa: E402
 from fitgap.errors import MissingInput  # noqa: E402
+from fitgap.photos import DEBIAN_PACKAGES, OPENCV, PALAPELI, debian_photos  # noqa: E402
 
-OPENCV = "/usr/share/doc/opencv-doc/examples/data"
-PALAPELI = "/usr/share/palapeli/collection"
-# camera photographs among opencv-doc's sample data (no drawings, renders, scans of text or paintings)
-OPENCV_PHOTOS = ("aero1.jpg aero3.jpg aloeL.jpg aloeR.jpg apple.jpg baboon.jpg building.jpg butterfly.jpg fruits.jpg "
-                 "home.jpg leuvenA.jpg leuvenB.jpg messi5.jpg orange.jpg squirrel_cls.jpg stuff.jpg basketball1.png "
-                 "graf1.png box_in_scene.png left01.jpg right05.jpg").split()
 PER_PHOTO = 12
 
 
 def other_camera_tiles() -> list:
-    paths = [os.path.join(OPENCV, n) for n in OPENCV_PHOTOS] + sorted(glob.glob(os.path.join(PALAPELI, "*.jpg")))
-    paths = [p for p in paths if os.path.isfile(p)]
+    paths = debian_photos()
     if not paths:
         raise MissingInput(f"no other-camera photos under {OPENCV} or {PALAPELI}: "
-                           "apt-get install opencv-doc palapeli-data")
+                           f"apt-get install {DEBIAN_PACKAGES}")
     tiles = []
     for p in paths:  # non-overlapping 128-px tiles in a checkerboard, at most PER_PHOTO a photo
         a = decode_rgb(p)

@@ -1,9 +1,12 @@
-"""The real photographs that ship inside scikit-image and scikit-learn, split by photo."""
+"""The real photographs that ship inside scikit-image and scikit-learn, split by photo, and the camera
+photographs that Debian's opencv-doc and palapeli-data ship (DFSG-free, Debian main; `make demo`
+installs them), which only the probe and the other-camera benchmark read."""
 from __future__ import annotations
 
+import glob
 import os
 import shutil
-from typing import Dict, List
+from typing import Dict, List, Tuple
 from .errors import MissingInput
 
 # Split by photo: the held-out photos never reach pre-training or fine-tuning. The two motorcycle
@@ -56,3 +59,44 @@ def export_photos(dest: str) -> Dict[str, str]:
                 shutil.copyfile(photo_path(name), target)
         out[split] = folder
     return out
+
+
+# Camera photographs among opencv-doc's sample data (no drawings, renders, scans of text or paintings) and
+# palapeli-data's puzzle photos. Other cameras than the 18 above: benchmarks/source_shift.py makes its
+# reals and fakes from them, and the demo's probe reads them beside the 4 held-out photos.
+OPENCV = "/usr/share/doc/opencv-doc/examples/data"
+PALAPELI = "/usr/share/palapeli/collection"
+OPENCV_PHOTOS = ("aero1.jpg aero3.jpg aloeL.jpg aloeR.jpg apple.jpg baboon.jpg building.jpg butterfly.jpg fruits.jpg "
+                 "home.jpg leuvenA.jpg leuvenB.jpg messi5.jpg orange.jpg squirrel_cls.jpg stuff.jpg basketball1.png "
+                 "graf1.png box_in_scene.png left01.jpg right05.jpg").split()
+DEBIAN_PACKAGES = "opencv-doc palapeli-data"
+# the second view of a scene already in the list (stereo pairs, the same street, the same calibration
+# board): a probe that holds out one photo must not fit on its twin
+TWINS = {"aloeR.jpg", "leuvenB.jpg", "right05.jpg"}
+
+
+def debian_photos(opencv: str = OPENCV, palapeli: str = PALAPELI) -> List[str]:
+    """The other-camera photos installed on this machine (none when the packages are not)."""
+    paths = [os.path.join(opencv, n) for n in OPENCV_PHOTOS] + sorted(glob.glob(os.path.join(palapeli, "*.jpg")))
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def export_probe_photos(dest: str, opencv: str = OPENCV, palapeli: str = PALAPELI) -> Tuple[str, int]:
+    """dest/probe: the held-out photos and the installed Debian photos but the twins (bytes unchanged;
+    copied once). Returns the folder and how many Debian photos it holds (0: the packages are not
+    installed, and the probe reads the held-out photos alone). A file no longer among them is removed,
+    so an uninstalled package does not leave its photos behind."""
+    folder = os.path.join(dest, "probe")
+    os.makedirs(folder, exist_ok=True)
+    sources = {n: photo_path(n) for n in HELDOUT}
+    debian = [p for p in debian_photos(opencv, palapeli) if os.path.basename(p) not in TWINS]
+    sources.update((os.path.basename(p), p) for p in debian)
+    for stale in sorted(set(os.listdir(folder)) - set(sources)):
+        os.remove(os.path.join(folder, stale))
+    for name, src in sources.items():
+        target = os.path.join(folder, name)
+        if not os.path.exists(target):
+            tmp = target + ".tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+    return folder, len(debian)

@@ -62,8 +62,9 @@ DEFAULTS: Dict[str, Any] = {
     # how smooth a patch is stops telling its ratio: the classes must be told apart by their pattern.
     "augment": {"sharpen": None},
     # every: also probe every N steps during training (0: only at the end), logged with the elapsed time
+    # folds: 0 scores the probe leave-one-photo-out; k >= 2 deals more than k photos into k folds
     "probe": {"images": None, "patches": 8, "window": 384, "seed": 0, "baseline": True, "every": 0,
-              "reference": True},
+              "reference": True, "folds": 0},
 }
 
 
@@ -100,6 +101,9 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
               "must be >= 1 or null")
     C.require(t["ckpt_every"] >= 1 and t["log_every"] >= 1, "train.ckpt_every", "and train.log_every must be >= 1")
     C.require(cfg["probe"]["every"] >= 0, "probe.every", "must be >= 0 (0: probe at the end only)")
+    from .probe import FOLDS_RULE, valid_folds
+
+    C.require(valid_folds(cfg["probe"]["folds"]), "probe.folds", f"{FOLDS_RULE}, got {cfg['probe']['folds']!r}")
     C.require(cfg["loss"]["temperature"] > 0, "loss.temperature", "must be positive")
     bt = cfg["loss"]["base_temperature"]
     C.require(bt is None or (isinstance(bt, (int, float)) and not isinstance(bt, bool) and bt > 0),

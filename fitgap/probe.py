@@ -3,7 +3,9 @@
 Patches of HELD-OUT photos are rescaled by every ratio (with the op) and encoded; a logistic
 regression is scored leave-one-photo-out: the patches of each photo are predicted by a classifier
 fitted on the patches of the other photos, so that photo content cannot carry the answer and every
-photo is tested. Reported: ratio accuracy vs chance (overall and per ratio), and per ratio the phase
+photo is tested. With many photos (probe.folds = k > 0 and more than k photos) the photos are dealt
+into k folds instead and each fold is predicted by a classifier fitted on the others: still never on
+the photo it predicts, at a k-th of the fits. Reported: ratio accuracy vs chance (overall and per ratio), and per ratio the phase
 (y0 mod q, x0 mod q) accuracy vs chance: phase is content-free, ratio can lean on scale cues.
 Chance is the majority-class rate of the patches actually drawn (a ratio that gave no patch, because
 the photos are smaller than its window, is named and counts in no chance level).
@@ -102,13 +104,33 @@ def _fit_predict(f_tr, y_tr, f_te) -> np.ndarray:
     return clf.predict(f_te)
 
 
-def leave_one_photo_out(f: np.ndarray, y: np.ndarray, photo: np.ndarray) -> np.ndarray:
-    """Prediction for every row, from a classifier fitted on the rows of the other photos."""
+def photo_folds(photo: np.ndarray, folds: int = 0) -> np.ndarray:
+    """The fold of every row: one fold per photo (leave-one-photo-out) when folds is 0 or there are at
+    most `folds` photos; else the photos, in order of their index, dealt round-robin into `folds` folds
+    (deterministic: the same photos give the same folds on every machine)."""
+    photos = np.unique(photo)
+    if not folds or len(photos) <= folds:
+        return photo.copy()
+    fold_of = {p: i % folds for i, p in enumerate(photos)}
+    return np.array([fold_of[p] for p in photo], dtype=np.int64)
+
+
+def leave_one_photo_out(f: np.ndarray, y: np.ndarray, photo: np.ndarray, folds: int = 0) -> np.ndarray:
+    """Prediction for every row, from a classifier fitted on the rows of the other photos (of the other
+    folds of photos, see photo_folds)."""
+    group = photo_folds(photo, folds)
     pred = np.full(len(y), -1)
-    for k in np.unique(photo):
-        m = photo == k
+    for k in np.unique(group):
+        m = group == k
         pred[m] = _fit_predict(f[~m], y[~m], f[m])
     return pred
+
+
+def cv_text(photos: int, folds: int = 0) -> str:
+    """How the probe's classifiers were scored, for its report."""
+    if not folds or photos <= folds:
+        return "leave-one-photo-out"
+    return f"photos in {folds} folds, each predicted by a classifier fitted on the other folds"
 
 
 _LAPLACIAN = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]]).view(1, 1, 3, 3)
@@ -138,10 +160,11 @@ def trace_statistic(x: torch.Tensor, q: Optional[int] = None) -> np.ndarray:
 
 
 def _scores(f: np.ndarray, ri: np.ndarray, ph: np.ndarray, img: np.ndarray, names: List[str],
-            phase_features=None) -> Dict[str, Any]:
-    """Ratio accuracy (overall, per ratio) and per-ratio phase accuracy of features f, leave-one-photo-out.
-    phase_features(j) gives the features for ratio j's phase (default: f's rows of that ratio)."""
-    pred = leave_one_photo_out(f, ri, img)
+            phase_features=None, folds: int = 0) -> Dict[str, Any]:
+    """Ratio accuracy (overall, per ratio) and per-ratio phase accuracy of features f, leave-one-photo-out
+    (or by folds of photos). phase_features(j) gives the features for ratio j's phase (default: f's rows
+    of that ratio)."""
+    pred = leave_one_photo_out(f, ri, img, folds)
     out = {"ratio_acc": float((pred == ri).mean()), "per_ratio": {}, "phase": {}}
     for j, name in enumerate(names):
         m = ri == j
@@ -149,16 +172,16 @@ def _scores(f: np.ndarray, ri: np.ndarray, ph: np.ndarray, img: np.ndarray, name
             continue  # named in "no_patch"; it counts in no chance level
         out["per_ratio"][name] = float((pred[m] == j).mean())
         g = f[m] if phase_features is None else phase_features(j)
-        acc = float((leave_one_photo_out(g, ph[m], img[m]) == ph[m]).mean())
+        acc = float((leave_one_photo_out(g, ph[m], img[m], folds) == ph[m]).mean())
         out["phase"][name] = {"acc": acc, "chance": majority_rate(ph[m])}
     return out
 
 
 def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_image: int = 8,
                   window: int = 384, quantize: bool = True, mean=None, std=None, seed: int = 0,
-                  reference: bool = False) -> Dict[str, Any]:
+                  reference: bool = False, folds: int = 0) -> Dict[str, Any]:
     """The probe's report for `encoder`; reference=True adds the same scores of `trace_statistic` on the
-    same patches as "reference"."""
+    same patches as "reference". folds: see photo_folds."""
     x, ri, ph, img, skipped = probe_patches(paths, ratios, patch, per_image, window, quantize, mean, std, seed)
     photos = np.unique(img)
     if len(photos) < 2:
@@ -166,15 +189,29 @@ def probe_encoder(encoder, paths: List[str], ratios, patch: int, device, per_ima
                          f"(skipped {len(skipped)}: {skipped[:5]})")
     names = [format_ratio(r) for r in ratios]
     report = {"ratio_chance": majority_rate(ri), "n_test": int(len(ri)), "photos": int(len(photos)),
-              **_scores(encode(encoder, x, device), ri, ph, img, names),
+              "cv": cv_text(len(photos), folds),
+              **_scores(encode(encoder, x, device), ri, ph, img, names, folds=folds),
               "no_patch": [n for j, n in enumerate(names) if not (ri == j).any()],
               "skipped": {"count": len(skipped), "examples": [f"{os.path.basename(p)}: {r}" for p, r in skipped[:5]]}}
     if reference and patch < 3:
         report["reference_skipped"] = f"{patch}-px patches: the statistic's 3x3 residual needs at least 3 px"
     elif reference:
         report["reference"] = _scores(trace_statistic(x), ri, ph, img, names,
-                                      lambda j: trace_statistic(x[torch.from_numpy(ri == j)], ratios[j].denominator))
+                                      lambda j: trace_statistic(x[torch.from_numpy(ri == j)], ratios[j].denominator),
+                                      folds)
     return report
+
+
+FOLDS_RULE = "0 (leave-one-photo-out) or an integer >= 2 (folds of photos)"
+
+
+def valid_folds(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value != 1
+
+
+def check_folds(value, name: str = "probe.folds") -> None:
+    if not valid_folds(value):
+        raise InputError(f"{name}: {FOLDS_RULE}, got {value!r}")
 
 
 def majority_rate(labels: np.ndarray) -> float:
@@ -220,10 +257,12 @@ def run_probe(encoder, cfg: Dict[str, Any], device, baseline: Optional[bool] = N
     p = cfg["probe"]
     args = (list_images(p["images"]), ratios_from_config(cfg["ratios"]), cfg["plan"]["patch"], device,
             p["patches"], p["window"], cfg["plan"]["quantize"], mean, std, p.get("seed", 0))
-    report = probe_encoder(encoder, *args, reference=p.get("reference", True) if reference is None else reference)
+    folds = p.get("folds", 0)
+    report = probe_encoder(encoder, *args, reference=p.get("reference", True) if reference is None else reference,
+                           folds=folds)
     if p.get("baseline", True) if baseline is None else baseline:
         start = initial_encoder(cfg, device)
-        base = probe_encoder(start, *args)
+        base = probe_encoder(start, *args, folds=folds)
         report["initial"] = {"ratio_acc": base["ratio_acc"], "per_ratio": base["per_ratio"], "phase": base["phase"]}
         if getattr(start, "initial_note", None):
             report["initial"]["note"] = start.initial_note
@@ -259,7 +298,7 @@ def format_probe(r: Dict[str, Any]) -> str:
     ratio = r["ratio_acc"] / r["ratio_chance"]
     phases = ", ".join(f"{k} {v['acc']:.2f} (chance {v['chance']:.2f})" for k, v in r["phase"].items())
     per = ", ".join(f"{k} {v:.2f}" for k, v in r.get("per_ratio", {}).items())
-    return (f"probe ({r['photos']} held-out photos, leave-one-photo-out, {r['n_test']} patches): ratio "
+    return (f"probe ({r['photos']} held-out photos, {r.get('cv', 'leave-one-photo-out')}, {r['n_test']} patches): ratio "
             f"accuracy {r['ratio_acc']:.3f} vs chance {r['ratio_chance']:.3f} ({ratio:.1f}x) [per ratio: {per}]; "
             f"phase accuracy per ratio: {phases}"
             + (f"; the encoder before pre-training: ratio accuracy {r['initial']['ratio_acc']:.3f} "
@@ -286,6 +325,8 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--ckpt", required=True, help="a pre-training checkpoint (its config gives ratios and patch)")
     p.add_argument("--images", help="held-out photos (default: the checkpoint's probe.images)")
     p.add_argument("--patches", type=int, help="patches per photo and ratio")
+    p.add_argument("--folds", type=int, help="0: leave-one-photo-out; k >= 2: the photos in k folds when there "
+                                             "are more than k (default: the checkpoint's probe.folds)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
@@ -301,6 +342,9 @@ def main(argv=None) -> Dict[str, Any]:
             if args.patches < 1:
                 raise InputError(f"--patches: patches per photo and ratio must be >= 1, got {args.patches}")
             cfg["probe"]["patches"] = args.patches
+        if args.folds is not None:
+            check_folds(args.folds, "--folds")
+            cfg["probe"]["folds"] = args.folds
         if not cfg["probe"].get("images"):
             raise InputError("--images: the checkpoint names no probe.images; give a folder of held-out photos")
         report = run_probe(encoder, cfg, device)

@@ -121,9 +121,10 @@ def demo_in(tmp_path, monkeypatch, fresh_demo_state):
     monkeypatch.setattr(demo, "RUN", demo.RUN)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
-    for split in ("train", "heldout"):  # where the shipped config expects the exported photos
+    for split in ("train", "heldout", "probe"):  # where the shipped config expects the exported photos
         (tmp_path / ".cache" / "photos" / split).mkdir(parents=True)
     monkeypatch.setattr(fitgap.photos, "export_photos", lambda folder: None)
+    monkeypatch.setattr(fitgap.photos, "export_probe_photos", lambda folder: (os.path.join(folder, "probe"), 23))
     built = []
     monkeypatch.setattr(fitgap.minibench, "ensure_minibench", lambda *a, **k: built.append(1))
     steps = []
@@ -217,3 +218,21 @@ def test_the_shipped_demo_is_unchanged_by_the_variant_options(demo_in):
     assert ft_scratch[:6] == ["finetune.py", "--config", demo.FINETUNE_CONFIG, "name=demo/finetune_scratch",
                               "init=null", "seed=0"]
     assert "model.trace_features=0" in ft_scratch
+
+
+def test_a_demo_without_the_debian_photos_says_its_probe_read_fewer(demo_in, monkeypatch, capsys):
+    """Without opencv-doc and palapeli-data the probe folder holds the 4 held-out photos alone: the demo
+    still runs and says, before any step, that its probe is not the README's; with them it says nothing."""
+    import fitgap.photos
+
+    steps, _, _ = demo_in
+    with pytest.raises(_Stop):
+        demo.main([])
+    assert "probe read the 4" not in capsys.readouterr().err
+    steps.clear()
+    monkeypatch.setattr(fitgap.photos, "export_probe_photos", lambda folder: (os.path.join(folder, "probe"), 0))
+    with pytest.raises(_Stop):
+        demo.main([])
+    err = capsys.readouterr().err
+    assert "opencv-doc palapeli-data are not installed" in err and "probe read the 4 held-out photos alone" in err
+    assert steps[0][0] == "train_contrastive.py"

@@ -13,7 +13,7 @@ from PIL import Image
 from fitgap import config as C
 from fitgap.models import ContrastiveModel, build_encoder
 from fitgap.pretrain import DEFAULTS
-from fitgap.probe import leave_one_photo_out, main, probe_encoder
+from fitgap.probe import format_probe, leave_one_photo_out, main, photo_folds, probe_encoder
 
 RATIOS = [Fraction(2, 3), Fraction(3, 4), Fraction(5, 4), Fraction(3, 2)]
 
@@ -60,6 +60,87 @@ def test_leave_one_photo_out_never_scores_a_photo_with_itself():
     y2 = np.tile([0, 1], 30)
     f2 = np.stack([y2 + 0.1 * np.random.default_rng(0).normal(size=len(y2)), np.ones(len(y2))], 1)
     assert (leave_one_photo_out(f2, y2, photo) == y2).mean() == 1.0
+
+
+def test_folds_of_photos_never_fit_on_the_photo_they_predict(monkeypatch):
+    """probe.folds = k: with more than k photos, each photo lands in exactly one of k folds (round-robin by
+    photo index, every row of a photo in its fold) and every fold is predicted by one classifier fitted
+    on rows of the other folds only; with k photos or fewer, or k = 0, it is leave-one-photo-out."""
+    import fitgap.probe as P
+
+    photo = np.repeat(np.array([3, 0, 5, 1, 4, 2, 6]), 5)  # 7 photos, rows not sorted by photo
+    g = photo_folds(photo, 3)
+    assert sorted(np.unique(g)) == [0, 1, 2]
+    assert all(len(np.unique(g[photo == p])) == 1 for p in np.unique(photo))
+    assert [int(g[photo == p][0]) for p in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert np.array_equal(photo_folds(photo, 0), photo) and np.array_equal(photo_folds(photo, 7), photo)
+    assert np.array_equal(photo_folds(photo, 9), photo)
+    calls = []
+    real = P._fit_predict
+
+    def spy(f_tr, y_tr, f_te):
+        calls.append((set(f_tr[:, 0].astype(int)), set(f_te[:, 0].astype(int))))
+        return real(f_tr, y_tr, f_te)
+
+    monkeypatch.setattr(P, "_fit_predict", spy)
+    f = np.stack([photo, np.random.default_rng(0).normal(size=len(photo))], 1).astype(float)
+    leave_one_photo_out(f, photo % 2, photo, folds=3)
+    assert len(calls) == 3 and all(not (tr & te) for tr, te in calls)
+    assert sorted(p for _, te in calls for p in te) == list(range(7))
+    calls.clear()
+    leave_one_photo_out(f, photo % 2, photo)
+    assert len(calls) == 7 and all(len(te) == 1 and not (tr & te) for tr, te in calls)
+
+
+def test_probe_in_folds_reports_how_it_was_scored(tmp_path):
+    """The probe over folds of photos finds the trace as leave-one-photo-out does, and its report says
+    which of the two it was."""
+    paths = noise_photos(str(tmp_path / "photos"), n=5)
+    kw = dict(patch=32, device="cpu", per_image=16, window=160, quantize=True, mean=[128.0] * 3, std=[40.0] * 3)
+    folded = probe_encoder(SpectrumEncoder(), paths, RATIOS, folds=2, **kw)
+    assert folded["ratio_acc"] > 2 * folded["ratio_chance"]
+    assert "in 2 folds" in folded["cv"] and "in 2 folds" in format_probe(folded)
+    loo = probe_encoder(ConstantEncoder(), paths, RATIOS, folds=5, **kw)  # 5 photos, 5 folds: one each
+    assert loo["cv"] == "leave-one-photo-out" and "leave-one-photo-out" in format_probe(loo)
+
+
+def test_probe_folds_are_checked_before_any_work(tmp_path, capsys):
+    """probe.folds 1 (no photo left to fit on), negative, a bool or a string: refused by the pre-training's
+    config check and by the probe command."""
+    from fitgap.pretrain import build_spec
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo_pretrain.yaml")
+    base = [f"data.train={tmp_path}", "probe.images=null"]
+    for bad in ("1", "-2", "true", "'3'"):
+        with pytest.raises(C.ConfigError, match="probe.folds"):
+            build_spec(C.load_config(demo, base + [f"probe.folds={bad}"], DEFAULTS), 1)
+    for good in ("0", "3"):
+        assert build_spec(C.load_config(demo, base + [f"probe.folds={good}"], DEFAULTS), 1) is not None
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(tmp_path / "missing.pt"), "--folds", "1"])
+    assert exc.value.code == 2
+
+
+def test_probe_photos_are_the_held_out_ones_and_the_installed_debian_ones(tmp_path):
+    """export_probe_photos: the 4 held-out photos and every listed Debian photo that is installed, bytes
+    unchanged, but the second view of a scene (TWINS); unlisted files are not taken; a photo whose
+    package went away is removed from the folder; with no package installed, the 4 alone and a count of 0."""
+    from fitgap.photos import HELDOUT, OPENCV_PHOTOS, TWINS, export_probe_photos
+
+    opencv, palapeli = tmp_path / "opencv", tmp_path / "palapeli"
+    opencv.mkdir(), palapeli.mkdir()
+    listed = ["apple.jpg", "baboon.jpg", "aloeL.jpg", "aloeR.jpg"]
+    assert set(listed) <= set(OPENCV_PHOTOS) and "aloeR.jpg" in TWINS
+    for name in listed + ["lena_drawing.jpg"]:
+        (opencv / name).write_bytes(name.encode())
+    (palapeli / "bee.jpg").write_bytes(b"bee")
+    (palapeli / "notes.txt").write_bytes(b"x")
+    folder, n = export_probe_photos(str(tmp_path / "cache"), str(opencv), str(palapeli))
+    assert n == 4 and sorted(os.listdir(folder)) == sorted(HELDOUT + ["apple.jpg", "baboon.jpg", "aloeL.jpg", "bee.jpg"])
+    assert (tmp_path / "cache" / "probe" / "baboon.jpg").read_bytes() == b"baboon.jpg"
+    (palapeli / "bee.jpg").unlink()
+    folder, n = export_probe_photos(str(tmp_path / "cache"), str(tmp_path / "none"), str(palapeli))
+    assert n == 0 and sorted(os.listdir(folder)) == sorted(HELDOUT)
 
 
 def test_probe_tells_a_trace_detector_from_a_blind_encoder(tmp_path):
