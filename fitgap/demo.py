@@ -269,13 +269,18 @@ def main(argv=None) -> None:
     t0 = time.time()
     from .cli import run_main
     from .minibench import ensure_minibench
-    from .photos import DEBIAN_PACKAGES, export_photos, export_probe_photos
+    from .photos import DEBIAN_PACKAGES, export_photos, export_probe_photos, missing_debian_photos
 
     export_photos(os.path.join(".cache", "photos"))
     _, other_cameras = export_probe_photos(os.path.join(".cache", "photos"))
-    probe_note = "" if other_cameras else (
+    missing = missing_debian_photos()
+    probe_note = "" if not missing else (
         f"Debian's {DEBIAN_PACKAGES} are not installed (`make demo` installs them): the probe read the 4 "
-        "held-out photos alone, so its numbers are not comparable with the README's, read with them.")
+        "held-out photos alone, so its numbers are not comparable with the README's, read with them."
+        if not other_cameras else
+        f"of Debian's {DEBIAN_PACKAGES}, {len(missing)} photo(s) are missing ({', '.join(missing[:5])}): the "
+        f"probe read the 4 held-out photos and {other_cameras} of them, so its numbers are not comparable "
+        "with the README's.")
     if probe_note:
         print(f"warning: {probe_note}", file=sys.stderr, flush=True)
     run_main(check_variant, args.pretrain, args.finetune)  # before the mini-benchmark's build and any run

@@ -81,11 +81,20 @@ def debian_photos(opencv: str = OPENCV, palapeli: str = PALAPELI) -> List[str]:
     return [p for p in paths if os.path.isfile(p)]
 
 
+def missing_debian_photos(opencv: str = OPENCV, palapeli: str = PALAPELI) -> List[str]:
+    """What of the Debian photos is not installed: every listed opencv-doc photo that is absent, and
+    palapeli-data when its collection holds no photo."""
+    missing = [n for n in OPENCV_PHOTOS if not os.path.isfile(os.path.join(opencv, n))]
+    if not glob.glob(os.path.join(palapeli, "*.jpg")):
+        missing.append("palapeli-data's photos")
+    return missing
+
+
 def export_probe_photos(dest: str, opencv: str = OPENCV, palapeli: str = PALAPELI) -> Tuple[str, int]:
     """dest/probe: the held-out photos and the installed Debian photos but the twins (bytes unchanged;
     copied once). Returns the folder and how many Debian photos it holds (0: the packages are not
-    installed, and the probe reads the held-out photos alone). A file no longer among them is removed,
-    so an uninstalled package does not leave its photos behind."""
+    installed, and the probe reads the held-out photos alone; missing_debian_photos says what is absent).
+    A file no longer among them is removed, so an uninstalled package does not leave its photos behind."""
     folder = os.path.join(dest, "probe")
     os.makedirs(folder, exist_ok=True)
     sources = {n: photo_path(n) for n in HELDOUT}

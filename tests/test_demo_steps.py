@@ -125,6 +125,7 @@ def demo_in(tmp_path, monkeypatch, fresh_demo_state):
         (tmp_path / ".cache" / "photos" / split).mkdir(parents=True)
     monkeypatch.setattr(fitgap.photos, "export_photos", lambda folder: None)
     monkeypatch.setattr(fitgap.photos, "export_probe_photos", lambda folder: (os.path.join(folder, "probe"), 23))
+    monkeypatch.setattr(fitgap.photos, "missing_debian_photos", lambda: [])
     built = []
     monkeypatch.setattr(fitgap.minibench, "ensure_minibench", lambda *a, **k: built.append(1))
     steps = []
@@ -231,8 +232,17 @@ def test_a_demo_without_the_debian_photos_says_its_probe_read_fewer(demo_in, mon
     assert "probe read the 4" not in capsys.readouterr().err
     steps.clear()
     monkeypatch.setattr(fitgap.photos, "export_probe_photos", lambda folder: (os.path.join(folder, "probe"), 0))
+    monkeypatch.setattr(fitgap.photos, "missing_debian_photos", lambda: ["apple.jpg", "palapeli-data's photos"])
     with pytest.raises(_Stop):
         demo.main([])
     err = capsys.readouterr().err
     assert "opencv-doc palapeli-data are not installed" in err and "probe read the 4 held-out photos alone" in err
     assert steps[0][0] == "train_contrastive.py"
+    # one package of two, or a photo gone: said too, with what is missing
+    steps.clear()
+    monkeypatch.setattr(fitgap.photos, "export_probe_photos", lambda folder: (os.path.join(folder, "probe"), 18))
+    monkeypatch.setattr(fitgap.photos, "missing_debian_photos", lambda: ["palapeli-data's photos"])
+    with pytest.raises(_Stop):
+        demo.main([])
+    err = capsys.readouterr().err
+    assert "1 photo(s) are missing (palapeli-data's photos)" in err and "4 held-out photos and 18 of them" in err

@@ -125,7 +125,7 @@ def test_probe_photos_are_the_held_out_ones_and_the_installed_debian_ones(tmp_pa
     """export_probe_photos: the 4 held-out photos and every listed Debian photo that is installed, bytes
     unchanged, but the second view of a scene (TWINS); unlisted files are not taken; a photo whose
     package went away is removed from the folder; with no package installed, the 4 alone and a count of 0."""
-    from fitgap.photos import HELDOUT, OPENCV_PHOTOS, TWINS, export_probe_photos
+    from fitgap.photos import HELDOUT, OPENCV_PHOTOS, TWINS, export_probe_photos, missing_debian_photos
 
     opencv, palapeli = tmp_path / "opencv", tmp_path / "palapeli"
     opencv.mkdir(), palapeli.mkdir()
@@ -138,7 +138,10 @@ def test_probe_photos_are_the_held_out_ones_and_the_installed_debian_ones(tmp_pa
     folder, n = export_probe_photos(str(tmp_path / "cache"), str(opencv), str(palapeli))
     assert n == 4 and sorted(os.listdir(folder)) == sorted(HELDOUT + ["apple.jpg", "baboon.jpg", "aloeL.jpg", "bee.jpg"])
     assert (tmp_path / "cache" / "probe" / "baboon.jpg").read_bytes() == b"baboon.jpg"
+    missing = missing_debian_photos(str(opencv), str(palapeli))
+    assert "apple.jpg" not in missing and "aero1.jpg" in missing and len(missing) == len(OPENCV_PHOTOS) - 4
     (palapeli / "bee.jpg").unlink()
+    assert missing_debian_photos(str(opencv), str(palapeli))[-1] == "palapeli-data's photos"
     folder, n = export_probe_photos(str(tmp_path / "cache"), str(tmp_path / "none"), str(palapeli))
     assert n == 0 and sorted(os.listdir(folder)) == sorted(HELDOUT)
 
