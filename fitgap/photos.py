@@ -8,6 +8,7 @@ import os
 import shutil
 from typing import Dict, List, Tuple
 from .errors import MissingInput
+from .files import atomic_write
 
 # Split by photo: the held-out photos never reach pre-training or fine-tuning. The two motorcycle
 # photos are one stereo pair (one scene from two viewpoints: a quarter of the right one's tiles match
@@ -105,7 +106,6 @@ def export_probe_photos(dest: str, opencv: str = OPENCV, palapeli: str = PALAPEL
     for name, src in sources.items():
         target = os.path.join(folder, name)
         if not os.path.exists(target):
-            tmp = target + ".tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
+            with open(src, "rb") as f:
+                atomic_write(target, lambda out: shutil.copyfileobj(f, out))
     return folder, len(debian)
