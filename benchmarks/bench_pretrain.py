@@ -25,8 +25,7 @@ from common import cpu_model, print_table, sync, time_interleaved  # noqa: E402
 from fitgap import config as C  # noqa: E402
 from fitgap.data import (PlanBatchSampler, PlannedWindows, WindowDataset, collate_planned,  # noqa: E402
                          list_images)
-from fitgap.losses import supcon_loss  # noqa: E402
-from fitgap.models import ContrastiveModel, encoder_from_config  # noqa: E402
+from fitgap.distributed import DistInfo  # noqa: E402
 from fitgap.photos import export_photos  # noqa: E402
 
 
@@ -50,13 +49,13 @@ def bench_images() -> str:
                 Image.fromarray(img).save(path)
         return folder
 from fitgap.plan import make_plan  # noqa: E402
-from fitgap.pretrain import DEFAULTS, amp_context, augment_patches, build_patches, build_spec  # noqa: E402
+from fitgap.pretrain import (DEFAULTS, amp_context, augment_patches, build_model, build_patches,  # noqa: E402
+                             build_spec, contrastive_loss)
 
 
 def setup(cfg, device):
     spec = build_spec(cfg, 1)
-    model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
-                             cfg["model"]["proj_dim"]).to(device)
+    model = build_model(cfg).to(device)
     if cfg["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -65,8 +64,8 @@ def setup(cfg, device):
 
 def step(model, opt, x, labels, cfg, device):
     with amp_context(cfg["train"]["amp"], device):
-        z = model(x)
-    loss = supcon_loss(z, labels, cfg["loss"]["temperature"])
+        out = model(x)
+    loss = contrastive_loss(out, labels, cfg, DistInfo())  # with the backbone's own loss where the config has one
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -112,8 +111,8 @@ def breakdown(cfg, device, steps):
         sync(str(device))
         t4b = time.perf_counter()
         with amp_context(cfg["train"]["amp"], device):
-            z = model(x)
-        loss = supcon_loss(z, batch["labels"].to(device), cfg["loss"]["temperature"])
+            out = model(x)
+        loss = contrastive_loss(out, batch["labels"].to(device), cfg, DistInfo())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sync(str(device))
@@ -166,8 +165,7 @@ def rates(cfg, device, steps, workers):
 def mode_step(cfg, device, batch, patch, dtype=torch.float32, compile_model=False):
     """One SupCon step of cfg's model (its amp and channels_last) on synthetic `dtype` inputs, as a
     callable; the model, optimiser and inputs live as long as the callable."""
-    model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
-                             cfg["model"]["proj_dim"]).to(device)
+    model = build_model(cfg).to(device)
     x = torch.randn(batch, 3, patch, patch, device=device, dtype=dtype)
     if cfg["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)

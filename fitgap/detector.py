@@ -15,12 +15,12 @@ from .errors import InputError
 
 def load_pretrained_encoder(detector: Detector, path: str) -> Dict[str, List[str]]:
     """Copy the encoder of a pre-training checkpoint into `detector`; refuses anything but the
-    expected differences (the projection head is dropped, the classifier is new)."""
+    expected differences (the projection heads are dropped, the classifier is new)."""
     saved = ckpt.load(path)
     state = saved["model"] if "model" in saved else saved
     result = detector.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("classifier.")]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith("head.")]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(("head.", "backbone_head."))]
     if missing or unexpected:
         raise InputError(f"init: {path} does not fit this encoder: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")

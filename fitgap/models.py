@@ -332,17 +332,37 @@ def min_input_side(model: nn.Module) -> int:
 
 
 class ContrastiveModel(nn.Module):
-    """encoder -> MLP projection -> L2 normalisation."""
+    """encoder -> MLP projection -> L2 normalisation.
 
-    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128):
+    backbone_head=True (an encoder with a trace branch only) adds a second projection of the backbone's
+    features alone, without the trace branch's: forward then returns both embeddings, (whole, backbone),
+    each to get its own SupCon loss, so the backbone has to learn the classes itself instead of leaving
+    them to the branch's fixed statistics."""
+
+    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128,
+                 backbone_head: bool = False):
         super().__init__()
         self.encoder = encoder
         f = encoder.num_features
         self.head = nn.Sequential(nn.Linear(f, proj_hidden), nn.ReLU(inplace=True),
                                   nn.Linear(proj_hidden, proj_dim))
+        self.backbone_head = None
+        if backbone_head:
+            trace = getattr(encoder, "trace", None)
+            if trace is None:
+                raise InputError("loss.backbone_weight: a second projection of the backbone alone needs an "
+                                 "encoder with a trace branch (model.trace_features > 0); without one the "
+                                 "backbone is the whole encoder")
+            self.backbone_features = f - trace.num_features
+            self.backbone_head = nn.Sequential(nn.Linear(self.backbone_features, proj_hidden), nn.ReLU(inplace=True),
+                                               nn.Linear(proj_hidden, proj_dim))
 
     def forward(self, x):
-        return F.normalize(self.head(self.encoder(x)).float(), dim=1)
+        f = self.encoder(x)
+        z = F.normalize(self.head(f).float(), dim=1)
+        if self.backbone_head is None:
+            return z
+        return z, F.normalize(self.backbone_head(f[:, : self.backbone_features]).float(), dim=1)
 
 
 class RealDistance(nn.Module):

@@ -1,6 +1,7 @@
 """Rescaling-contrastive pre-training on real images (the logic behind train_contrastive.py)."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Dict
@@ -50,7 +51,10 @@ DEFAULTS: Dict[str, Any] = {
               "trace_features": 0, "trace_block": 12, "proj_hidden": 2048, "proj_dim": 128},
     # base_temperature: null = the temperature (loss values then are t_base/t = 1.43x below those of
     # SupContrast's default base 0.07 at temperature 0.1; set 0.07 to log comparable numbers)
-    "loss": {"temperature": 0.1, "base_temperature": None, "gather": True},
+    # backbone_weight: w > 0 (an encoder with a trace branch only) adds w x the SupCon loss of a second
+    # projection of the backbone's features alone (models.ContrastiveModel): otherwise the branch's fixed
+    # statistics can carry the classes and the backbone learns little of them
+    "loss": {"temperature": 0.1, "base_temperature": None, "gather": True, "backbone_weight": 0.0},
     "optim": {"lr": 2e-4, "betas": [0.9, 0.999], "weight_decay": 2e-4, "warmup_steps": 500,
               "min_lr": 0.0, "grad_clip": 0.0},
     "train": {"epochs": 200, "batch": 128, "steps_per_epoch": None, "max_steps": None,
@@ -108,6 +112,11 @@ def build_spec(cfg: Dict[str, Any], world_size: int) -> PlanSpec:
     bt = cfg["loss"]["base_temperature"]
     C.require(bt is None or (isinstance(bt, (int, float)) and not isinstance(bt, bool) and bt > 0),
               "loss.base_temperature", f"a positive number or null (= loss.temperature), got {bt!r}")
+    bw = cfg["loss"]["backbone_weight"]
+    C.require(isinstance(bw, (int, float)) and not isinstance(bw, bool) and math.isfinite(bw) and bw >= 0,
+              "loss.backbone_weight", f"a number >= 0 (0: off), got {bw!r}")
+    C.require(not bw or cfg["model"]["trace_features"], "loss.backbone_weight",
+              "needs model.trace_features > 0: without a trace branch the backbone is the whole encoder")
     C.require(cfg["optim"]["lr"] > 0, "optim.lr", "must be positive")
     C.require(len(cfg["optim"]["betas"]) == 2, "optim.betas", "needs two values")
     for k in ("mean", "std"):
@@ -211,15 +220,31 @@ def contrastive_step(model, batch, cfg, device, info: D.DistInfo, step: int = 0)
     x = augment_patches(build_patches(batch, cfg, device), cfg, info.rank, step)
     labels = batch["labels"].to(device, non_blocking=True)
     with amp_context(cfg["train"]["amp"], device):
-        z = model(x)
+        out = model(x)
+    return contrastive_loss(out, labels, cfg, info), x.shape[0]
+
+
+def build_model(cfg: Dict[str, Any]) -> ContrastiveModel:
+    """The config's encoder and projection(s): a second one of the backbone alone when loss.backbone_weight > 0."""
+    return ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"], cfg["model"]["proj_dim"],
+                            backbone_head=bool(cfg["loss"]["backbone_weight"]))
+
+
+def contrastive_loss(out, labels: torch.Tensor, cfg: Dict[str, Any], info: D.DistInfo) -> torch.Tensor:
+    """SupCon of the model's embedding; with a backbone projection (a pair), + loss.backbone_weight x its own."""
+    if isinstance(out, tuple):
+        z, zb = out
+        return supcon_of(z, labels, cfg, info) + cfg["loss"]["backbone_weight"] * supcon_of(zb, labels, cfg, info)
+    return supcon_of(out, labels, cfg, info)
+
+
+def supcon_of(z: torch.Tensor, labels: torch.Tensor, cfg: Dict[str, Any], info: D.DistInfo) -> torch.Tensor:
+    """The SupCon loss of this rank's embeddings, contrasted with every rank's when loss.gather is on."""
+    t, bt = cfg["loss"]["temperature"], cfg["loss"]["base_temperature"]
     if cfg["loss"]["gather"] and info.distributed:
-        contrast = D.all_gather_with_grad(z)
-        contrast_labels = D.all_gather_nograd(labels)
-        loss = supcon_loss(z, labels, cfg["loss"]["temperature"], cfg["loss"]["base_temperature"], contrast=contrast,
-                           contrast_labels=contrast_labels, anchor_offset=info.rank * z.shape[0])
-    else:
-        loss = supcon_loss(z, labels, cfg["loss"]["temperature"], cfg["loss"]["base_temperature"])
-    return loss, x.shape[0]
+        return supcon_loss(z, labels, t, bt, contrast=D.all_gather_with_grad(z),
+                           contrast_labels=D.all_gather_nograd(labels), anchor_offset=info.rank * z.shape[0])
+    return supcon_loss(z, labels, t, bt)
 
 
 def save_checkpoint(path, model_without_ddp, optimizer, scaler, cfg, step, epoch, step_in_epoch, rng_ranks,
@@ -333,9 +358,7 @@ def run(cfg: Dict[str, Any]) -> Dict[str, Any]:
     t = cfg["train"]
     seed_everything(cfg["seed"], t["threads"], t["deterministic"])
 
-    model = ContrastiveModel(encoder_from_config(cfg["model"]), cfg["model"]["proj_hidden"],
-                             cfg["model"]["proj_dim"])
-    model = D.place_model(model, info, t["sync_bn"], t["channels_last"])
+    model = D.place_model(build_model(cfg), info, t["sync_bn"], t["channels_last"])
     model_without_ddp = model
     if info.rank:  # the weights are alike on every rank; from here on each rank draws its own stream
         torch.manual_seed(cfg["seed"] + info.rank)

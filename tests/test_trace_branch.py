@@ -115,3 +115,80 @@ def test_configs_too_small_for_the_trace_branch_are_refused_before_any_work(tmp_
     with pytest.raises(C.ConfigError, match="model.trace_block"):
         check_encoder_config(dict(model, trace_block=1), {"patch": 32})
     check_encoder_config(dict(model, trace_features=0), {"patch": 8})  # no branch: any side
+
+
+def test_a_second_projection_reads_the_backbone_alone():
+    """loss.backbone_weight's model: forward returns the whole encoder's embedding and one of the backbone's
+    features alone; a change to the trace branch moves the first and never the second. Without a trace
+    branch the second projection is refused by name."""
+    from fitgap.models import ContrastiveModel
+
+    torch.manual_seed(0)
+    enc = encoder_from_config({"backbone": "test_resnet", "highpass": True, "trace_features": 8, "trace_block": 12})
+    model = ContrastiveModel(enc, 16, 8, backbone_head=True).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        z, zb = model(x)
+        assert z.shape == zb.shape == (4, 8)
+        assert torch.allclose(z.norm(dim=1), torch.ones(4)) and torch.allclose(zb.norm(dim=1), torch.ones(4))
+        assert model.backbone_features == enc.num_features - 8
+        for p in enc.trace.parameters():
+            p.add_(1.0)
+        z2, zb2 = model(x)
+    assert torch.equal(zb2, zb) and not torch.allclose(z2, z)
+    plain = ContrastiveModel(build_encoder("test_resnet", highpass=True, trace_features=8), 16, 8).eval()
+    assert isinstance(plain(x), torch.Tensor) and plain.backbone_head is None
+    with pytest.raises(InputError, match="loss.backbone_weight: .*trace branch"):
+        ContrastiveModel(build_encoder("test_resnet"), 16, 8, backbone_head=True)
+
+
+def test_the_backbone_loss_is_added_with_its_weight(monkeypatch):
+    """contrastive_step: SupCon of the whole embedding + backbone_weight x SupCon of the backbone's, the
+    same labels for both; a pre-training checkpoint with the second projection still loads into a detector."""
+    from fitgap import distributed as D
+    from fitgap import pretrain as P
+    from fitgap.detector import load_pretrained_encoder
+    from fitgap.losses import supcon_loss
+    from fitgap.models import ContrastiveModel, Detector
+
+    torch.manual_seed(0)
+    model = ContrastiveModel(build_encoder("test_resnet", highpass=True, trace_features=8), 16, 8,
+                             backbone_head=True).eval()
+    x = torch.randn(8, 3, 24, 24)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    monkeypatch.setattr(P, "build_patches", lambda batch, cfg, device: x)
+    cfg = {"loss": {"temperature": 0.1, "base_temperature": None, "gather": True, "backbone_weight": 0.5},
+           "augment": {"sharpen": None}, "train": {"amp": "none"}, "seed": 0}
+    info = D.DistInfo()  # one process: no gather
+    with torch.no_grad():
+        loss, n = P.contrastive_step(model, {"labels": labels}, cfg, torch.device("cpu"), info)
+        z, zb = model(x)
+    assert n == 8
+    whole, alone = supcon_loss(z, labels, 0.1, None), supcon_loss(zb, labels, 0.1, None)
+    assert torch.allclose(loss, whole + 0.5 * alone) and float(alone) > 0
+    detector = Detector(build_encoder("test_resnet", highpass=True, trace_features=8))
+    path = "/dev/null"
+    monkeypatch.setattr("fitgap.detector.ckpt.load", lambda p: {"model": model.state_dict()})
+    result = load_pretrained_encoder(detector, path)
+    assert any(k.startswith("backbone_head.") for k in result["unexpected"])
+    for k, v in detector.encoder.state_dict().items():
+        assert torch.equal(v, model.encoder.state_dict()[k])
+    extra = dict(model.state_dict(), **{"other.weight": torch.zeros(1)})
+    monkeypatch.setattr("fitgap.detector.ckpt.load", lambda p: {"model": extra})
+    with pytest.raises(InputError, match="unexpected .*other.weight"):
+        load_pretrained_encoder(Detector(build_encoder("test_resnet", highpass=True, trace_features=8)), path)
+
+
+def test_backbone_weight_is_checked_before_any_work(tmp_path):
+    from fitgap import config as C
+    from fitgap.pretrain import DEFAULTS, build_spec
+
+    demo = "configs/demo_pretrain.yaml"
+    data = [f"data.train={tmp_path}", "probe.images=null"]
+    build_spec(C.load_config(demo, [*data, "model.trace_features=8", "loss.backbone_weight=1.0"], DEFAULTS), 1)
+    with pytest.raises(C.ConfigError, match="loss.backbone_weight: needs model.trace_features > 0"):
+        build_spec(C.load_config(demo, [*data, "model.trace_features=0", "loss.backbone_weight=1.0"], DEFAULTS), 1)
+    for bad in ("-1", "true", "abc", ".nan"):
+        with pytest.raises(C.ConfigError, match="loss.backbone_weight"):
+            build_spec(C.load_config(demo, [*data, "model.trace_features=8", f"loss.backbone_weight={bad}"],
+                                     DEFAULTS), 1)

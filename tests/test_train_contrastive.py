@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["device=cpu", "model.backbone=test_resnet", "model.proj_hidden=32", "model.proj_dim=16",
         "plan.patch=8", "ratios.list=[3/2, 4/3, 5/4]", "data.min_side=40", "data.workers=0",
         "train.amp=none", "train.channels_last=false", "optim.lr=1e-3", "optim.warmup_steps=2",
-        "train.log_every=1", "model.trace_features=0"]  # 8-px patches: below the trace branch's 18 px
+        "train.log_every=1", "model.trace_features=0", "loss.backbone_weight=0"]  # 8-px patches: below the trace branch's 18 px
 
 
 def run_cmd(args, env_extra=None, **kw):
@@ -63,8 +63,9 @@ def test_torchrun_two_ranks(images, tmp_path):
            "train_contrastive.py", "--config", "configs/demo_pretrain.yaml", *TINY, f"data.train={images}",
            f"out_dir={out}", "name=ddp", "train.batch=32", "train.steps_per_epoch=2", "train.epochs=2",
            "train.ckpt_every=1", "probe.images=null",
-           # the demo's trace branch (its batch norms) on both ranks: 24-px patches, the least it takes + 6
-           "plan.patch=24", "model.trace_features=8", "data.min_side=64"]
+           # the demo's trace branch (its batch norms) on both ranks: 24-px patches, the least it takes + 6;
+           # with the backbone's own projection and loss, gathered from both ranks as the whole one's
+           "plan.patch=24", "model.trace_features=8", "data.min_side=64", "loss.backbone_weight=1.0"]
     r = run_cmd(cmd, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     records = read_log(os.path.join(out, "ddp", "log.jsonl"))
@@ -75,6 +76,7 @@ def test_torchrun_two_ranks(images, tmp_path):
     ck = torch.load(os.path.join(out, "ddp", "checkpoint.pt"), weights_only=True)
     assert ck["step"] == 4 and isinstance(ck["config"], dict) and ck["config"]["name"] == "ddp"
     assert ck["config"]["model"]["trace_features"] == 8 and any(k.startswith("encoder.trace.") for k in ck["model"])
+    assert any(k.startswith("backbone_head.") for k in ck["model"])
     assert os.path.exists(os.path.join(out, "ddp", "config.yaml"))
 
 
