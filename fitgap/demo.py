@@ -250,11 +250,11 @@ def main(argv=None) -> None:
                          "with --pretrain or --finetune, so that a changed demo never resumes or overwrites the "
                          "shipped one")
     ap.add_argument("--pretrain", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"an override of {PRETRAIN_CONFIG} (repeatable), e.g. model.trace_features=256; the "
+                    help=f"an override of {PRETRAIN_CONFIG} (repeatable), e.g. model.trace_features=0; the "
                          "scratch ablation trains the same architecture")
     ap.add_argument("--finetune", action="append", default=[], metavar="KEY=VALUE",
                     help=f"an override of {FINETUNE_CONFIG} for both fine-tunings (repeatable), "
-                         "e.g. augment.sharpen=[-1,1]")
+                         "e.g. augment.sharpen=null")
     args = ap.parse_args(argv)
     if (args.pretrain or args.finetune) and args.run is None:
         ap.error("--pretrain and --finetune need --run NAME: a changed demo gets a run folder of its own")

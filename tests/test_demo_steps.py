@@ -218,7 +218,7 @@ def test_the_shipped_demo_is_unchanged_by_the_variant_options(demo_in):
                   "init=" + os.path.join("runs", "demo", "pretrain", "checkpoint.pt"), "seed=0"]
     assert ft_scratch[:6] == ["finetune.py", "--config", demo.FINETUNE_CONFIG, "name=demo/finetune_scratch",
                               "init=null", "seed=0"]
-    assert "model.trace_features=0" in ft_scratch
+    assert "model.trace_features=256" in ft_scratch  # the shipped encoder, trace branch included
 
 
 def test_a_demo_without_the_debian_photos_says_its_probe_read_fewer(demo_in, monkeypatch, capsys):

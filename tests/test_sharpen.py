@@ -142,14 +142,15 @@ def test_contrastive_step_feeds_the_model_the_sharpened_patches(tmp_path, monkey
     assert not torch.allclose(augmented, plain, atol=1e-3)
 
 
-def test_finetuning_refuses_a_bad_band_and_the_demo_leaves_it_off(tmp_path):
+def test_finetuning_refuses_a_bad_band_and_the_demo_uses_the_pretraining_band(tmp_path):
     from fitgap import finetune
 
     ft = os.path.join(ROOT, "configs", "demo_finetune.yaml")
     cfg = C.load_config(ft, ["init=null"], finetune.DEFAULTS)
-    assert cfg["augment"]["sharpen"] is None  # the demo fine-tunes on the crops as they are
+    pre = C.load_config(os.path.join(ROOT, "configs", "demo_pretrain.yaml"), [], pretrain.DEFAULTS)
+    assert cfg["augment"]["sharpen"] == pre["augment"]["sharpen"] == [-1.0, 1.0]  # both detectors, as pre-training
     finetune.check(cfg, 1)
-    finetune.check(C.load_config(ft, ["init=null", "augment.sharpen=[-1, 1]"], finetune.DEFAULTS), 1)
+    finetune.check(C.load_config(ft, ["init=null", "augment.sharpen=null"], finetune.DEFAULTS), 1)
     bad = C.load_config(ft, ["init=null", "augment.sharpen=[0.5, -0.5]"], finetune.DEFAULTS)
     with pytest.raises(C.ConfigError, match="augment.sharpen"):
         finetune.check(bad, 1)
