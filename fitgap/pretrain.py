@@ -232,18 +232,23 @@ def build_model(cfg: Dict[str, Any]) -> ContrastiveModel:
 
 def contrastive_loss(out, labels: torch.Tensor, cfg: Dict[str, Any], info: D.DistInfo) -> torch.Tensor:
     """SupCon of the model's embedding; with a backbone projection (a pair), + loss.backbone_weight x its own."""
+    gather = cfg["loss"]["gather"] and info.distributed
+    every_label = D.all_gather_nograd(labels) if gather else None  # once, for both embeddings
     if isinstance(out, tuple):
         z, zb = out
-        return supcon_of(z, labels, cfg, info) + cfg["loss"]["backbone_weight"] * supcon_of(zb, labels, cfg, info)
-    return supcon_of(out, labels, cfg, info)
+        return (supcon_of(z, labels, every_label, cfg, info)
+                + cfg["loss"]["backbone_weight"] * supcon_of(zb, labels, every_label, cfg, info))
+    return supcon_of(out, labels, every_label, cfg, info)
 
 
-def supcon_of(z: torch.Tensor, labels: torch.Tensor, cfg: Dict[str, Any], info: D.DistInfo) -> torch.Tensor:
-    """The SupCon loss of this rank's embeddings, contrasted with every rank's when loss.gather is on."""
+def supcon_of(z: torch.Tensor, labels: torch.Tensor, every_label, cfg: Dict[str, Any],
+              info: D.DistInfo) -> torch.Tensor:
+    """The SupCon loss of this rank's embeddings, contrasted with every rank's (whose labels are
+    `every_label`) when loss.gather is on, else with its own (every_label None)."""
     t, bt = cfg["loss"]["temperature"], cfg["loss"]["base_temperature"]
-    if cfg["loss"]["gather"] and info.distributed:
-        return supcon_loss(z, labels, t, bt, contrast=D.all_gather_with_grad(z),
-                           contrast_labels=D.all_gather_nograd(labels), anchor_offset=info.rank * z.shape[0])
+    if every_label is not None:
+        return supcon_loss(z, labels, t, bt, contrast=D.all_gather_with_grad(z), contrast_labels=every_label,
+                           anchor_offset=info.rank * z.shape[0])
     return supcon_loss(z, labels, t, bt)
 
 
